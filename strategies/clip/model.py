@@ -1,0 +1,170 @@
+"""The CLIP classifier every strategy trains: open_clip model + training units, frozen backbone.
+
+Logits over the benchmark's *global* class ids are ``logit_scale.exp() · cos(f_img(x), f_txt(k))``
+where the text feature of class ``k`` is the normalised mean of its normalised prompt embeddings.
+Only the *active* classes (set by the label-space plugin per experience) are scored; the others get
+``MASKED_LOGIT``, so Avalanche's accuracy and cross-entropy work on global targets unchanged. A
+large finite value is used instead of ``-inf`` so that losses over masked columns (LwF's
+distillation, label smoothing) stay finite.
+
+Text features are cached per active class set and reused while the text side does not change:
+the cache is keyed by the version counters of every text-side tensor (in-place updates by an
+optimizer, a zeroth-order probe or ``load_state_dict`` bump them); when text-side parameters require
+gradients and autograd is on, features are recomputed every forward with the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .units import UnitKey, UnitsConfig, inject_units, tower_modules
+
+log = logging.getLogger(__name__)
+
+MASKED_LOGIT = -1e4
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "ViT-B-16"  # any open_clip model name, or a config in strategies/clip/model_configs
+    pretrained: str = "openai"  # open_clip pretrained tag, a local weights file, or "none" (random init)
+    units: UnitsConfig = field(default_factory=UnitsConfig)  # trainable units added to the frozen CLIP
+    cache_dir: str | None = None  # where open_clip stores downloaded weights (None = its default)
+    precision: str = "fp32"  # open_clip precision: fp32 | fp16 | bf16 | amp
+
+
+def register_model_configs() -> None:
+    """Make the project's model configs (e.g. ``clip-tiny``) known to open_clip's factory."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+
+
+class CLIPClassifier(nn.Module):
+    """Scores images against class-name prompts; see the module docstring for the formula."""
+
+    def __init__(self, clip: nn.Module, tokenizer: Any, units: dict[UnitKey, nn.Module]) -> None:
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.units = units  # plain dict (not a ModuleDict): units are already submodules of clip
+        self.class_prompts: list[list[str]] = []
+        self.active_classes: list[int] = []
+        self._text_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._text_version: int | None = None
+        self._text_tensors = [t for m in tower_modules(clip)["language"] for t in m.parameters()]
+        for name in ("positional_embedding", "text_projection"):
+            if isinstance(getattr(clip, name, None), torch.Tensor):
+                self._text_tensors.append(getattr(clip, name))
+
+    # ---- label space -------------------------------------------------------------------------
+    def set_class_prompts(self, class_prompts: list[list[str]]) -> None:
+        """Prompts per global class id; all classes become active."""
+        self.class_prompts = class_prompts
+        self.active_classes = list(range(len(class_prompts)))
+        self._text_cache.clear()
+
+    def set_active_classes(self, class_ids: list[int]) -> None:
+        """Score only these global class ids; the others get ``MASKED_LOGIT``."""
+        bad = [c for c in class_ids if not 0 <= c < len(self.class_prompts)]
+        if bad:
+            raise ValueError(f"class ids {bad[:5]} outside 0..{len(self.class_prompts) - 1}")
+        self.active_classes = sorted(set(class_ids))
+
+    # ---- features ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.clip.logit_scale.device
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image features, (B, D)."""
+        return F.normalize(self.clip.encode_image(images), dim=-1)
+
+    def _text_state_version(self) -> int:
+        return sum(t._version for t in self._text_tensors)
+
+    def _encode_prompts(self, class_ids: list[int]) -> torch.Tensor:
+        prompts = [p for c in class_ids for p in self.class_prompts[c]]
+        counts = torch.tensor([len(self.class_prompts[c]) for c in class_ids], device=self.device)
+        tokens = self.tokenizer(prompts).to(self.device)  # (P, L)
+        feats = F.normalize(self.clip.encode_text(tokens), dim=-1)  # (P, D)
+        owner = torch.repeat_interleave(torch.arange(len(class_ids), device=self.device), counts)  # (P,)
+        mean = torch.zeros(len(class_ids), feats.shape[1], device=self.device, dtype=feats.dtype)
+        mean = mean.index_add(0, owner, feats) / counts[:, None]  # (C, D)
+        return F.normalize(mean, dim=-1)
+
+    def text_features(self, class_ids: list[int] | None = None) -> torch.Tensor:
+        """Normalised text features of ``class_ids`` (default: active classes), (C, D)."""
+        ids = self.active_classes if class_ids is None else class_ids
+        if not self.class_prompts:
+            raise RuntimeError("CLIPClassifier has no class prompts: call set_class_prompts first")
+        needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in self._text_tensors)
+        if needs_graph:
+            return self._encode_prompts(ids)
+        version = self._text_state_version()
+        if version != self._text_version:
+            self._text_cache.clear()
+            self._text_version = version
+        key = tuple(ids)
+        if key not in self._text_cache:
+            with torch.no_grad():
+                self._text_cache[key] = self._encode_prompts(list(ids))
+        return self._text_cache[key]
+
+    def invalidate_text_cache(self) -> None:
+        """Drop cached text features (for changes that bypass version counters, e.g. ``p.data``)."""
+        self._text_cache.clear()
+        self._text_version = None
+
+    def logits_from_features(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Global-class logits: ``scale · image @ textᵀ`` on active columns, masked elsewhere. (B, K)"""
+        active = torch.tensor(self.active_classes, device=image_features.device)
+        scores = self.clip.logit_scale.exp() * image_features @ text_features.t()  # (B, C_active)
+        logits = torch.full((image_features.shape[0], len(self.class_prompts)), MASKED_LOGIT,
+                            device=image_features.device, dtype=scores.dtype)
+        return logits.index_copy(1, active, scores)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.encode_image(images), self.text_features())
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def build_clip(cfg: ModelConfig, device: str | torch.device = "cpu") -> tuple[CLIPClassifier, Any, Any]:
+    """Create the classifier and open_clip's (train, eval) image transforms from ``cfg``."""
+    import open_clip
+
+    register_model_configs()
+    known = open_clip.list_models()
+    if cfg.arch not in known:
+        raise ValueError(f"model.arch={cfg.arch!r} is not an open_clip model; known: "
+                         f"{', '.join(known[:12])}, ... ({len(known)} in all)")
+    pretrained = None if cfg.pretrained in ("none", "", None) else cfg.pretrained
+    if pretrained and os.environ.get("HF_HUB_OFFLINE") == "1":
+        log.info("HF_HUB_OFFLINE=1: open_clip loads %s/%s from its cache only", cfg.arch, pretrained)
+    clip, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+        cfg.arch, pretrained=pretrained, precision=cfg.precision, device=device, cache_dir=cfg.cache_dir,
+    )
+    units = inject_units(clip, cfg.units)
+    model = CLIPClassifier(clip, open_clip.get_tokenizer(cfg.arch), units).to(device)
+    return model, preprocess_train, preprocess_eval
+
+
+def image_size(model: CLIPClassifier) -> int:
+    """The model's square input resolution."""
+    size = model.clip.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)

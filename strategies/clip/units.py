@@ -1,0 +1,251 @@
+"""Trainable units injected into every residual block of both CLIP towers.
+
+Each unit is addressed as ``(branch, layer)``: branch ``"vision"`` or ``"language"``, layer the
+0-based index of the block in its tower's ``resblocks``. Strategies choose per unit how it is
+optimised (MoZO: first- or zeroth-order; ConDU: which parameters form the task delta) through this
+index only, never through string matching on parameter names.
+
+Placement. open_clip 3.x runs attention through ``nn.MultiheadAttention`` (wrapping ``out_proj`` has
+no effect), so units sit on the MLP side of each block. Adapter units run parallel to the MLP and
+read the un-normalised residual stream, as in MoE-Adapters4CL / AdaptFormer::
+
+    x = x + attn(ln_1(x));   x = x + mlp(ln_2(x)) + unit(x)
+
+This is done by moving ``ln_2`` into a wrapper around the MLP (``block.ln_2`` becomes the identity).
+LoRA units wrap ``mlp.c_fc`` and ``mlp.c_proj``. Every unit starts as the identity (zero-initialised
+up-projection / LoRA ``B``), so an injected model gives exactly the logits of the plain model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BRANCHES = ("vision", "language")
+UNIT_KINDS = ("adapter", "moe", "lora", "full", "none")
+UnitKey = tuple[str, int]
+
+
+@dataclass
+class UnitsConfig:
+    kind: str = "adapter"  # adapter | moe | lora | full (whole tower trainable) | none (frozen CLIP)
+    branches: list[str] = field(default_factory=lambda: ["vision", "language"])  # towers that get units
+    bottleneck: int = 64  # adapter / expert hidden width (d -> bottleneck -> d)
+    scale: float = 0.1  # adapter output multiplier
+    dropout: float = 0.1  # dropout inside adapters / experts
+    experts: int = 2  # moe: experts per unit
+    top_k: int = 2  # moe: experts mixed per sample (softmax over the top-k router logits)
+    noisy_gating: bool = True  # moe: router noise std = softplus(x W_noise) + 1e-2, training only
+    lora_rank: int = 64  # lora: rank r
+    lora_scale: float | None = None  # lora: output scale; None = 1/sqrt(rank) (ConDU's code)
+
+
+class Adapter(nn.Module):
+    """Bottleneck adapter ``scale * up(dropout(relu(down(x))))``; ``up`` zero-initialised."""
+
+    def __init__(self, width: int, bottleneck: int, scale: float, dropout: float) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, bottleneck)
+        self.up = nn.Linear(bottleneck, width)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = scale
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(self.dropout(F.relu(self.down(x))))
+
+
+class MoEAdapter(nn.Module):
+    """Mixture of adapters with a router on token 0 (MoE-Adapters4CL, the base of MoZO).
+
+    ``g = softmax(topk(x_0 W_gate + ε · (softplus(x_0 W_noise) + 1e-2)))``, ε ~ N(0, 1) in training
+    only; output ``Σ_e g_e A_e(x)``. Router weights start at zero, so ``g`` is uniform and, with
+    zero up-projections, the unit outputs zero.
+    """
+
+    def __init__(self, width: int, cfg: UnitsConfig) -> None:
+        super().__init__()
+        if not 1 <= cfg.top_k <= cfg.experts:
+            raise ValueError(f"units.top_k={cfg.top_k} must be in 1..units.experts={cfg.experts}")
+        self.experts = nn.ModuleList(
+            Adapter(width, cfg.bottleneck, cfg.scale, cfg.dropout) for _ in range(cfg.experts)
+        )
+        self.w_gate = nn.Parameter(torch.zeros(width, cfg.experts))
+        self.w_noise = nn.Parameter(torch.zeros(width, cfg.experts))
+        self.top_k = cfg.top_k
+        self.noisy_gating = cfg.noisy_gating
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """Mixing weights per sample, (B, E), from token 0 of ``x`` (B, T, D)."""
+        token0 = x[:, 0]  # (B, D)
+        logits = token0 @ self.w_gate  # (B, E)
+        if self.noisy_gating and self.training:
+            noise_std = F.softplus(token0 @ self.w_noise) + 1e-2
+            logits = logits + torch.randn_like(logits) * noise_std
+        top_val, top_idx = logits.topk(self.top_k, dim=-1)  # (B, k)
+        return torch.zeros_like(logits).scatter(-1, top_idx, top_val.softmax(dim=-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates = self.gates(x)  # (B, E)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            out = out + gates[:, e, None, None] * expert(x)  # (B, T, D)
+        return out
+
+
+class ParallelUnitMLP(nn.Module):
+    """The block's MLP with a unit in parallel: ``ffn(norm(x)) + unit(x)``.
+
+    Installed as ``block.mlp`` with ``block.ln_2`` set to the identity, so the block computes
+    ``x + ls_2(ffn(ln_2(x)) + unit(x))``; ``ls_2`` is the identity in CLIP.
+    """
+
+    def __init__(self, norm: nn.Module, ffn: nn.Module, unit: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+        self.ffn = ffn
+        self.unit = unit
+
+    @property
+    def c_fc(self) -> nn.Module:  # open_clip reads block.mlp.c_fc.weight.dtype
+        return self.ffn.c_fc
+
+    @property
+    def c_proj(self) -> nn.Module:
+        return self.ffn.c_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.norm(x)) + self.unit(x)
+
+
+class LoRA(nn.Module):
+    """Low-rank update ``scale · x Aᵀ Bᵀ`` with ``B`` zero-initialised."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, scale: float) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (x @ self.A.t()) @ self.B.t()
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a LoRA update: ``base(x) + lora(x)``."""
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float) -> None:
+        super().__init__()
+        self.base = base
+        self.lora = LoRA(base.in_features, base.out_features, rank, scale)
+
+    @property
+    def weight(self) -> torch.Tensor:  # open_clip reads c_fc.weight.dtype
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.lora(x)
+
+
+def tower_blocks(clip: nn.Module) -> dict[str, nn.ModuleList]:
+    """The ``resblocks`` of each tower of an open_clip model, keyed by branch."""
+    towers: dict[str, nn.ModuleList] = {}
+    visual = getattr(clip, "visual", None)
+    if visual is not None and hasattr(getattr(visual, "transformer", None), "resblocks"):
+        towers["vision"] = visual.transformer.resblocks
+    text = clip.text if hasattr(clip, "text") else clip
+    if hasattr(getattr(text, "transformer", None), "resblocks"):
+        towers["language"] = text.transformer.resblocks
+    return towers
+
+
+def tower_modules(clip: nn.Module) -> dict[str, list[nn.Module]]:
+    """Every module holding a tower's parameters (blocks, embeddings, norms, projections)."""
+    if hasattr(clip, "text"):
+        return {"vision": [clip.visual], "language": [clip.text]}
+    return {"vision": [clip.visual], "language": [clip.transformer, clip.token_embedding, clip.ln_final]}
+
+
+def _build_unit(block: nn.Module, cfg: UnitsConfig) -> nn.Module:
+    width = block.ln_2.normalized_shape[0]
+    if cfg.kind == "adapter":
+        unit: nn.Module = Adapter(width, cfg.bottleneck, cfg.scale, cfg.dropout)
+    else:
+        unit = MoEAdapter(width, cfg)
+    block.mlp = ParallelUnitMLP(block.ln_2, block.mlp, unit)
+    block.ln_2 = nn.Identity()
+    return unit
+
+
+def _build_lora(block: nn.Module, cfg: UnitsConfig) -> nn.Module:
+    scale = cfg.lora_scale if cfg.lora_scale is not None else 1.0 / math.sqrt(cfg.lora_rank)
+    for name in ("c_fc", "c_proj"):
+        setattr(block.mlp, name, LoRALinear(getattr(block.mlp, name), cfg.lora_rank, scale))
+    # Not registered a second time in the model: a view grouping this block's two LoRA updates.
+    return nn.ModuleDict({"c_fc": block.mlp.c_fc.lora, "c_proj": block.mlp.c_proj.lora})
+
+
+def check_units_config(cfg: UnitsConfig) -> None:
+    """Reject a bad units config before the model is touched."""
+    if cfg.kind not in UNIT_KINDS:
+        raise ValueError(f"units.kind={cfg.kind!r}: expected one of {', '.join(UNIT_KINDS)}")
+    for branch in cfg.branches:
+        if branch not in BRANCHES:
+            raise ValueError(f"units.branches: {branch!r} is not one of {', '.join(BRANCHES)}")
+    if cfg.kind == "moe" and not 1 <= cfg.top_k <= cfg.experts:
+        raise ValueError(f"units.top_k={cfg.top_k} must be in 1..units.experts={cfg.experts}")
+
+
+def inject_units(clip: nn.Module, cfg: UnitsConfig) -> dict[UnitKey, nn.Module]:
+    """Add units to every block of the configured towers; return the index ``{(branch, layer): unit}``.
+
+    Freezes every parameter of ``clip`` first, then makes the units trainable. ``kind="full"`` adds
+    nothing: the index maps each block to itself and the whole tower (embeddings, norms,
+    projections too; not ``logit_scale``) becomes trainable. All checks run before any change.
+    """
+    check_units_config(cfg)
+    towers = tower_blocks(clip)
+    missing = [b for b in cfg.branches if b not in towers]
+    if missing:
+        raise ValueError(f"units.branches: model has no transformer tower for {missing}; "
+                         f"towers found: {sorted(towers)}")
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    index: dict[UnitKey, nn.Module] = {}
+    if cfg.kind == "none":
+        return index
+    for branch in cfg.branches:
+        for layer, block in enumerate(towers[branch]):
+            if cfg.kind == "full":
+                index[(branch, layer)] = block
+            elif cfg.kind == "lora":
+                index[(branch, layer)] = _build_lora(block, cfg)
+            else:
+                index[(branch, layer)] = _build_unit(block, cfg)
+    if cfg.kind == "full":
+        for branch in cfg.branches:
+            for module in tower_modules(clip)[branch]:
+                module.requires_grad_(True)
+        if hasattr(clip, "text_projection") and "language" in cfg.branches:
+            clip.text_projection.requires_grad_(True)
+        if hasattr(clip, "positional_embedding") and "language" in cfg.branches:
+            clip.positional_embedding.requires_grad_(True)
+    for unit in index.values():
+        unit.requires_grad_(True)
+    return index
+
+
+def unit_parameters(index: dict[UnitKey, nn.Module], keys: set[UnitKey] | None = None) -> Iterator[nn.Parameter]:
+    """Parameters of the selected units (all units when ``keys`` is None), in index order."""
+    for key, unit in index.items():
+        if keys is None or key in keys:
+            yield from unit.parameters()
