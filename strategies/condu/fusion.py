@@ -1,0 +1,371 @@
+"""ConDU fusion: task deltas, election, unify / decouple and task triggers. Pure torch maths.
+
+Spec: condu.md, sections "Per task", "Unify" (the EMR-Merging election) and "Decouple". A model is a
+``dict[str, Tensor]`` (a state dict or ``dict(model.named_parameters())``); every function here checks
+keys and shapes key by key and raises ``ValueError`` naming the key.
+
+Choices made here (see the docstrings for the formulas):
+- sign flag: a zero mean elects −1, exactly as the code (``(mean > 0) * 2 - 1``);
+- rescaler with a zero denominator (Mⁱ ⊙ U = 0 everywhere, i.e. task i lost every entry or δⁱ = 0):
+  λ_i = 1. The decoupled delta is then 0 whatever λ_i is; 1 keeps it finite (no inf / nan);
+- magnitudes are accumulated in float64; masks are bit-packed (first entry in the high bit, as
+  ``numpy.packbits``) and stored on ``mask_device`` (CPU by default).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+RESCALERS = ("mean_abs", "l1")
+RESCALER_BYTES = 4  # one float32 per task
+_BIT_SHIFTS = (7, 6, 5, 4, 3, 2, 1, 0)  # big-endian within a byte, like numpy.packbits
+
+Delta = dict[str, Tensor]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_layout(
+    ref: Mapping[str, Any], other: Mapping[str, Any], what: str, *, subset: bool = False
+) -> None:
+    """Raise ValueError unless `other` has the keys of `ref` (all, or only a subset) with equal shapes."""
+    missing = [k for k in ref if k not in other]
+    extra = [k for k in other if k not in ref]
+    if missing and not subset:
+        raise ValueError(f"{what}: missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        raise ValueError(f"{what}: unexpected keys {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    for key in other:
+        a, b = _shape_of(ref[key]), _shape_of(other[key])
+        if a != b:
+            raise ValueError(f"{what}: shape mismatch for key {key!r}: {tuple(a)} vs {tuple(b)}")
+
+
+def _shape_of(x: Tensor | torch.Size | tuple[int, ...]) -> torch.Size:
+    return x.shape if isinstance(x, Tensor) else torch.Size(x)
+
+
+def _check_rescaler(rescaler: str) -> None:
+    if rescaler not in RESCALERS:
+        raise ValueError(f"rescaler must be one of {RESCALERS}, got {rescaler!r}")
+
+
+def _check_float(delta: Mapping[str, Tensor], what: str) -> None:
+    for key, value in delta.items():
+        if not value.is_floating_point():
+            raise ValueError(f"{what}: key {key!r} is not a float tensor ({value.dtype})")
+
+
+# --------------------------------------------------------------------------- delta, merge / unmerge
+
+
+def task_delta(theta: Mapping[str, Tensor], theta0: Mapping[str, Tensor]) -> Delta:
+    """δ = θ − θ⁰ over the float tensors of θ⁰ (condu.md "Per task"); detached, on θ's device.
+
+    Pass only what counts as the model's tensors (e.g. ``named_parameters`` without buffers such as
+    the attention mask); non-float tensors of θ⁰ are skipped, and θ must hold the same float keys.
+    """
+    ref = {k: v for k, v in theta0.items() if v.is_floating_point()}
+    other = {k: v for k, v in theta.items() if k in ref or v.is_floating_point()}
+    _check_layout(ref, other, "task_delta(theta, theta0)")
+    _check_float(other, "task_delta(theta)")
+    with torch.no_grad():
+        return {k: theta[k].detach() - theta0[k].detach().to(theta[k]) for k in ref}
+
+
+def _apply_delta(params: Mapping[str, Tensor], delta: Mapping[str, Tensor], scale: float) -> None:
+    """θ ← θ + scale·δ in place, every key of δ checked before any tensor is changed."""
+    _check_layout(params, delta, "apply delta(params, delta)", subset=True)
+    with torch.no_grad():
+        for key, d in delta.items():
+            params[key].add_(d.to(params[key]), alpha=scale)
+
+
+def merge_delta(params: Mapping[str, Tensor], delta: Mapping[str, Tensor], alpha: float = 1.0) -> None:
+    """Merge: θ ← θ + α·δ in place (keys of δ must be in θ with equal shapes)."""
+    _apply_delta(params, delta, alpha)
+
+
+def unmerge_delta(params: Mapping[str, Tensor], delta: Mapping[str, Tensor], alpha: float = 1.0) -> None:
+    """Unmerge: θ ← θ − α·δ in place; inverse of ``merge_delta`` up to rounding."""
+    _apply_delta(params, delta, -alpha)
+
+
+# --------------------------------------------------------------------------- pack / unpack
+
+
+def pack_mask(mask: Tensor) -> Tensor:
+    """Pack a bool tensor (any shape, row-major) into ceil(n/8) uint8 bytes, first entry in the high bit."""
+    if mask.dtype != torch.bool:
+        raise TypeError(f"pack_mask expects a bool tensor, got {mask.dtype}")
+    flat = mask.reshape(-1)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    bits = flat.view(-1, 8).to(torch.uint8)  # (n/8, 8)
+    packed = torch.zeros(bits.shape[0], dtype=torch.uint8, device=mask.device)
+    for col, shift in enumerate(_BIT_SHIFTS):
+        packed |= bits[:, col] << shift
+    return packed
+
+
+def unpack_mask(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """Inverse of ``pack_mask``: uint8 bytes → bool tensor of `shape`, on the device of `packed`."""
+    shape = torch.Size(shape)
+    n = shape.numel()
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (n + 7) // 8:
+        raise ValueError(
+            f"unpack_mask: expected a 1-d uint8 tensor of {(n + 7) // 8} bytes for shape {tuple(shape)}, "
+            f"got {packed.dtype} {tuple(packed.shape)}"
+        )
+    shifts = torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(1) >> shifts) & 1  # (n/8, 8)
+    return bits.reshape(-1)[:n].bool().reshape(shape)
+
+
+# --------------------------------------------------------------------------- trigger
+
+
+@dataclass
+class Trigger:
+    """Task trigger of task i (condu.md "Decouple"): masks Mⁱ, bit-packed per tensor, and rescaler λ_i."""
+
+    mask: dict[str, Tensor]  # key -> uint8 tensor of ceil(numel/8) bytes (see pack_mask)
+    shapes: dict[str, torch.Size]  # key -> shape of the unpacked mask (= shape of the delta tensor)
+    rescaler: float  # λ_i
+
+    def __post_init__(self) -> None:
+        self.shapes = {k: torch.Size(s) for k, s in self.shapes.items()}
+        self.rescaler = float(self.rescaler)
+        if set(self.mask) != set(self.shapes):
+            diff = sorted(set(self.mask) ^ set(self.shapes))
+            raise ValueError(f"Trigger: mask keys and shape keys differ: {diff}")
+        for key, packed in self.mask.items():
+            n = self.shapes[key].numel()
+            if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != (n + 7) // 8:
+                raise ValueError(f"Trigger: mask for key {key!r} is not {(n + 7) // 8} packed uint8 bytes")
+
+    def unpack(self, key: str) -> Tensor:
+        """Mⁱ for one tensor, as a bool tensor."""
+        return unpack_mask(self.mask[key], self.shapes[key])
+
+    def nbytes(self) -> int:
+        """Storage of the trigger: mask bytes + 4 bytes for the rescaler."""
+        return sum(p.numel() for p in self.mask.values()) + RESCALER_BYTES
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and python scalars (torch.save / pickle friendly)."""
+        return {
+            "mask": dict(self.mask),
+            "shapes": {k: list(s) for k, s in self.shapes.items()},
+            "rescaler": self.rescaler,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> Trigger:
+        return cls(mask=dict(state["mask"]), shapes=dict(state["shapes"]), rescaler=state["rescaler"])
+
+
+# --------------------------------------------------------------------------- elect / unify
+
+
+def elect(deltas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Election over stacked deltas (T, *shape) (condu.md "Unify" 1–3; EMR-Merging).
+
+    s = +1 if mean_i δⁱ > 0 else −1 (a zero mean gives −1, as the code);
+    Mⁱ = [δⁱ·s > 0];  U = s · max_i |δⁱ|·Mⁱ.  Returns (s, U, M) with M bool of shape (T, *shape).
+    """
+    if deltas.shape[0] == 0:
+        raise ValueError("elect needs at least one delta")
+    signs = torch.where(deltas.mean(0) > 0, 1.0, -1.0).to(deltas.dtype)  # (*shape)
+    masks = deltas * signs > 0  # (T, *shape)
+    unified = signs * (deltas.abs() * masks).amax(0)  # (*shape)
+    return signs, unified, masks
+
+
+def _magnitude(x: Tensor, rescaler: str) -> Tensor:
+    """Per task (first dim) mean|x| ("mean_abs") or ‖x‖₁ ("l1") of one tensor, in float64: (T,)."""
+    flat = x.reshape(x.shape[0], -1).abs()  # (T, n)
+    if flat.shape[1] == 0:
+        return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    if rescaler == "mean_abs":
+        return flat.mean(1, dtype=torch.float64)
+    return flat.sum(1, dtype=torch.float64)
+
+
+def _rescalers(num: Tensor, den: Tensor) -> list[float]:
+    """λ_i = num_i / den_i; λ_i = 1 where den_i = 0 (then Mⁱ ⊙ U = 0 and δ̃ⁱ = 0 whatever λ_i)."""
+    lost = (den == 0) & (num > 0)
+    if lost.any():
+        logger.warning("ConDU unify: tasks %s lost every entry of the election; their decoupled delta is 0",
+                       lost.nonzero().flatten().tolist())
+    return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float64).tiny), 1.0).tolist()
+
+
+def _unify_stream(
+    stacks: Iterator[tuple[str, Tensor]], n_tasks: int, rescaler: str, mask_device: torch.device | str
+) -> tuple[Delta, list[Trigger]]:
+    """Elect tensor by tensor over (key, stacked deltas (T, *shape)); rescalers from global sums."""
+    unified: Delta = {}
+    masks: list[dict[str, Tensor]] = [{} for _ in range(n_tasks)]
+    num = torch.zeros(n_tasks, dtype=torch.float64)
+    den = torch.zeros(n_tasks, dtype=torch.float64)
+    num_parts, den_parts = [], []  # kept on the tensors' device, summed once at the end
+    for key, deltas in stacks:
+        _, u, m = elect(deltas)
+        unified[key] = u
+        for i in range(n_tasks):
+            masks[i][key] = pack_mask(m[i]).to(mask_device)
+        num_parts.append(_magnitude(deltas, rescaler))
+        den_parts.append(_magnitude(m * u, rescaler))  # Mⁱ ⊙ U, (T, *shape)
+    for n_part, d_part in zip(num_parts, den_parts, strict=True):
+        num += n_part.cpu()
+        den += d_part.cpu()
+    shapes = {k: u.shape for k, u in unified.items()}
+    triggers = [Trigger(mask=masks[i], shapes=dict(shapes), rescaler=lam)
+                for i, lam in enumerate(_rescalers(num, den))]
+    return unified, triggers
+
+
+def unify_deltas(
+    deltas: list[Mapping[str, Tensor]], *, rescaler: str = "mean_abs", mask_device: torch.device | str = "cpu"
+) -> tuple[Delta, list[Trigger]]:
+    """One-shot election over explicit deltas δ¹…δᵀ (EMR-Merging): returns U and the T triggers."""
+    _check_rescaler(rescaler)
+    if not deltas:
+        raise ValueError("unify_deltas needs at least one delta")
+    for i, d in enumerate(deltas):
+        _check_layout(deltas[0], d, f"unify_deltas(deltas[{i}])")
+        _check_float(d, f"unify_deltas(deltas[{i}])")
+
+    def stacks() -> Iterator[tuple[str, Tensor]]:
+        for key, first in deltas[0].items():
+            yield key, torch.stack([d[key].detach().to(first) for d in deltas])  # (T, *shape)
+
+    return _unify_stream(stacks(), len(deltas), rescaler, mask_device)
+
+
+def _check_session(
+    unified: Mapping[str, Tensor] | None, triggers: list[Trigger], new_delta: Mapping[str, Tensor]
+) -> None:
+    _check_float(new_delta, "unify(new_delta)")
+    if unified is None:
+        if triggers:
+            raise ValueError("unify: triggers were given without a unified delta")
+        return
+    if not triggers:
+        raise ValueError("unify: a unified delta needs the triggers of its tasks (got none)")
+    _check_layout(unified, new_delta, "unify(unified, new_delta)")
+    for i, trig in enumerate(triggers):
+        _check_layout(unified, trig.shapes, f"unify(unified, triggers[{i}])")
+
+
+def unify(
+    unified: Mapping[str, Tensor] | None,
+    triggers: list[Trigger],
+    new_delta: Mapping[str, Tensor],
+    *,
+    rescaler: str = "mean_abs",
+    mask_device: torch.device | str = "cpu",
+) -> tuple[Delta, list[Trigger]]:
+    """One ConDU session (condu.md "Unify"): elect over {δ̃¹…δ̃ᵗ⁻¹ (decoupled from U), δᵗ (new)}.
+
+    Streams tensor by tensor: for each key the old decoupled deltas δ̃ⁱ = λ_i·Mⁱ⊙U are rebuilt for
+    that tensor only (peak ≈ U + δᵗ + (t+1) copies of one tensor). Returns the new unified delta, on
+    the devices of `new_delta`, and ALL t triggers recomputed (old ones against their decoupled deltas,
+    as the code does: the original deltas are not kept). λ_i = Σ_tensors mean|δⁱ| / Σ_tensors mean|Mⁱ⊙U|
+    ("mean_abs", the code) or ‖δⁱ‖₁ / ‖Mⁱ⊙U‖₁ ("l1"); λ_i = 1 where the denominator is 0.
+    """
+    _check_rescaler(rescaler)
+    _check_session(unified, triggers, new_delta)
+
+    def stacks() -> Iterator[tuple[str, Tensor]]:
+        for key, new in new_delta.items():
+            stack = new.new_empty((len(triggers) + 1, *new.shape))  # (T, *shape)
+            for i, trig in enumerate(triggers):
+                stack[i] = _decouple_tensor(unified[key].to(new.device), trig, key)
+            stack[-1] = new.detach()
+            yield key, stack
+
+    out = _unify_stream(stacks(), len(triggers) + 1, rescaler, mask_device)
+    logger.debug("ConDU unify: %d tasks, rescalers %s", len(out[1]), [t.rescaler for t in out[1]])
+    return out
+
+
+# --------------------------------------------------------------------------- decouple
+
+
+def _decouple_tensor(u: Tensor, trigger: Trigger, key: str) -> Tensor:
+    """δ̃ⁱ = λ_i · Mⁱ ⊙ U for one tensor, on the device of U."""
+    mask = unpack_mask(trigger.mask[key].to(u.device), trigger.shapes[key])
+    return u * mask * trigger.rescaler
+
+
+def decouple(unified: Mapping[str, Tensor], trigger: Trigger) -> Delta:
+    """Decoupled delta of one task (condu.md "Decouple"): δ̃ⁱ = λ_i · Mⁱ ⊙ U, key by key."""
+    _check_layout(unified, trigger.shapes, "decouple(unified, trigger)")
+    return {key: _decouple_tensor(u, trigger, key) for key, u in unified.items()}
+
+
+def decouple_into(
+    params: Mapping[str, Tensor],
+    theta0: Mapping[str, Tensor],
+    unified: Mapping[str, Tensor],
+    trigger: Trigger,
+) -> None:
+    """Write θ̃ⁱ = θ⁰ + λ_i · Mⁱ ⊙ U into existing tensors of `params` in place (keys of U only).
+
+    Builds a task model without a second model in memory; every key is checked before any write.
+    """
+    _check_layout(unified, trigger.shapes, "decouple_into(unified, trigger)")
+    _check_layout(params, unified, "decouple_into(params, unified)", subset=True)
+    _check_layout(theta0, unified, "decouple_into(theta0, unified)", subset=True)
+    with torch.no_grad():
+        for key, u in unified.items():
+            p = params[key]
+            p.copy_(theta0[key])
+            p.add_(_decouple_tensor(u.to(p.device), trigger, key).to(p.dtype))
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _tensor_bytes(tensors: Mapping[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def storage_report(
+    theta0: Mapping[str, Tensor],
+    unified: Mapping[str, Tensor],
+    triggers: list[Trigger],
+    prototypes_bytes: list[int],
+) -> dict[str, Any]:
+    """Bytes stored by ConDU (condu.md "Decouple"): shared θ⁰ and U; per task mask bits, λ and prototypes."""
+    if len(prototypes_bytes) != len(triggers):
+        raise ValueError(
+            f"storage_report: {len(triggers)} triggers but {len(prototypes_bytes)} prototype sizes"
+        )
+    theta0_bytes, unified_bytes = _tensor_bytes(theta0), _tensor_bytes(unified)
+    per_task = []
+    for trig, proto in zip(triggers, prototypes_bytes, strict=True):
+        mask_bytes = trig.nbytes() - RESCALER_BYTES
+        per_task.append({"mask": mask_bytes, "rescaler": RESCALER_BYTES, "prototypes": int(proto),
+                         "total": mask_bytes + RESCALER_BYTES + int(proto)})
+    tasks_bytes = sum(t["total"] for t in per_task)
+    return {
+        "theta0": theta0_bytes,
+        "unified": unified_bytes,
+        "shared": theta0_bytes + unified_bytes,
+        "per_task": per_task,
+        "tasks": tasks_bytes,
+        "total": theta0_bytes + unified_bytes + tasks_bytes,
+    }
