@@ -24,8 +24,9 @@ _AVALANCHE_STATE = {
     "LwFPlugin": ("lwf",),
     "EWCPlugin": ("saved_params", "importances"),
     "ReplayPlugin": ("storage_policy",),
+    "Clock": ("train_iterations", "train_exp_counter", "total_iterations"),
 }
-_STATELESS = {"EvaluationPlugin", "RecipePlugin"}
+_STATELESS = {"EvaluationPlugin", "RecipePlugin", "PeriodicEval"}
 
 
 def model_state(model: CLIPClassifier) -> dict[str, torch.Tensor]:

@@ -111,7 +111,7 @@ class RunSession:
         self.strategy = spec.build(
             self.model, run.method.cfg, train=run.train, plugins=plugins, evaluator=evaluator,
             device=self.device, criterion=torch.nn.CrossEntropyLoss(label_smoothing=run.train.label_smoothing),
-            benchmark=self.benchmark,
+            benchmark=self.benchmark, seed=self.seed,
         )
         self.trains = spec.trains
 
