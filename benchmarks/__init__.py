@@ -23,7 +23,8 @@ def _register() -> None:
     from . import cifar100, imagenet_r, mtil, tinyimagenet
 
     STREAMS["split_cifar100"] = (cifar100.SplitCIFAR100Config, cifar100.build_split_cifar100)
-    STREAMS["split_tinyimagenet"] = (tinyimagenet.SplitTinyImageNetConfig, tinyimagenet.build_split_tinyimagenet)
+    STREAMS["split_tinyimagenet"] = (tinyimagenet.SplitTinyImageNetConfig,
+                                     tinyimagenet.build_split_tinyimagenet)
     STREAMS["split_imagenet_r"] = (imagenet_r.SplitImageNetRConfig, imagenet_r.build_split_imagenet_r)
     STREAMS["mtil"] = (mtil.MTILConfig, mtil.build_mtil)
 

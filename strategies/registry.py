@@ -30,7 +30,10 @@ def register(name: str, spec: MethodSpec) -> None:
 
 
 def _load_all() -> None:
-    from . import baselines  # noqa: F401  (registers zeroshot, naive, lwf, ewc, replay, ...)
+    from . import (
+        baselines,  # noqa: F401  (registers zeroshot, naive, lwf, ewc, replay, ...)
+        mozo,  # noqa: F401  (registers mozo)
+    )
 
 
 _load_all()
