@@ -1,0 +1,6 @@
+"""MoZO: modality-aware zeroth-order / first-order hybrid optimisation of CLIP units."""
+
+from .plugin import MoZOConfig, MoZOPlugin
+from .strategy import MoZO, build_mozo
+
+__all__ = ["MoZO", "MoZOConfig", "MoZOPlugin", "build_mozo"]
