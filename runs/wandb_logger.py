@@ -1,0 +1,223 @@
+"""An Avalanche logger for Weights & Biases that works with wandb 0.31.
+
+Avalanche 0.6's own ``avalanche.logging.WandBLogger`` calls ``wandb.util.generate_id`` and
+``wandb.viz``, both removed from current wandb, so it fails at construction. This one subclasses
+:class:`avalanche.logging.BaseLogger` and can be passed to ``EvaluationPlugin(loggers=[...])``.
+
+Steps. Avalanche's ``x_plot`` is not monotonic across phases: training metrics use the training
+iteration counter, evaluation metrics of several streams share one value, and some metrics use 0.
+W&B drops any ``log(..., step=s)`` whose ``s`` is below its current step, so ``x_plot`` is never
+passed as ``step``. Instead every row carries it as the field ``trainer/step``, declared once with
+``define_metric("*", step_metric="trainer/step")``: charts use it as their x axis, equal or decreasing
+values are kept, and W&B's own ``_step`` simply counts rows. Metrics that Avalanche publishes in one
+callback with the same ``x_plot`` go into one row.
+
+Values. Scalars (Python, NumPy, one-element tensors) are logged as numbers; 2-D tensors (e.g.
+Avalanche's accuracy matrix) as a ``wandb.Table``; other tensors as a ``wandb.Histogram``; PIL
+images, :class:`TensorImage` and matplotlib figures as ``wandb.Image``. For ``AlternativeValues`` the
+first representation among those is used. Anything else (strings, checkpoint bytes) is skipped with a
+debug message.
+
+Files. With ``mode="offline"`` the run lands in ``<dir>/wandb/offline-run-<date>_<time>-<id>/``
+(``run-<id>.wandb`` holds history, summary and config; ``files/`` holds media and tables); upload it
+later with ``wandb sync <that folder>``. ``mode="disabled"`` writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import wandb
+
+import strategies._torchvision_compat  # noqa: F401  (before avalanche: makes torchvision importable)
+
+# isort: split
+from avalanche.evaluation.metric_results import AlternativeValues, TensorImage
+from avalanche.logging import BaseLogger
+from matplotlib.figure import Figure
+from PIL.Image import Image
+
+if TYPE_CHECKING:
+    from avalanche.evaluation.metric_results import MetricValue
+    from avalanche.training.templates import SupervisedTemplate
+
+log = logging.getLogger(__name__)
+
+STEP_METRIC = "trainer/step"  # x axis of every chart: Avalanche's x_plot
+EXPERIENCE_METRIC = "trainer/experience"  # count of finished training experiences
+MODES = ("offline", "online", "disabled")
+# Representations taken from AlternativeValues, best first.
+_SUPPORTED = (Image, TensorImage, Figure, torch.Tensor, numbers.Number)
+
+
+class WandBLogger(BaseLogger):
+    """Log Avalanche metric values to a W&B run (see the module docstring for steps and values)."""
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        group: str | None,
+        name: str,
+        tags: list[str],
+        config: dict[str, Any],
+        mode: str = "offline",
+        dir: str | Path,
+        run_id: str | None = None,
+        resume: bool = False,
+    ) -> None:
+        """Start the W&B run.
+
+        ``run_id`` fixes the W&B run id; with ``resume=True`` (which needs ``run_id``) an interrupted
+        run continues as the same W&B run (``resume="allow"``: it is created if it does not exist).
+        """
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"WandBLogger mode must be one of {MODES}, got {mode!r}")
+        if resume and not run_id:
+            raise ValueError("WandBLogger resume=True needs a run_id (the id of the run to continue)")
+        self.dir = Path(dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=project,
+            group=group,
+            name=name,
+            tags=list(tags),
+            config=dict(config),
+            mode=mode,
+            dir=str(self.dir),
+            id=run_id,
+            resume="allow" if resume else None,
+        )
+        self.run.define_metric(STEP_METRIC)
+        self.run.define_metric(EXPERIENCE_METRIC, step_metric=STEP_METRIC)
+        self.run.define_metric("*", step_metric=STEP_METRIC)
+        self.last_x_plot = 0
+        self.experiences_done = 0
+        self._finished = False
+        log.info("W&B run %s (%s mode) in %s", self.run.id, mode, self.dir)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def run_id(self) -> str:
+        """The W&B run id (pass it back as ``run_id`` with ``resume=True`` to continue the run)."""
+        return self.run.id
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's local folder (``offline-run-*`` or ``run-*``); its ``files/`` holds media."""
+        return Path(self.run.dir).parent
+
+    # ------------------------------------------------------------------ Avalanche interface
+    def log_single_metric(self, name: str, value: Any, x_plot: int) -> None:
+        """Log one metric value at Avalanche's ``x_plot`` (unsupported values are skipped)."""
+        entry = self._convert(name, value)
+        if entry is not None:
+            self._log_row({name: entry}, x_plot)
+
+    def log_metrics(self, metric_values: list[MetricValue]) -> None:
+        """Log a callback's metric values, one W&B row per distinct ``x_plot`` (in order of arrival)."""
+        rows: dict[int, dict[str, Any]] = {}
+        for mval in metric_values:
+            items = mval.value.items() if isinstance(mval.value, dict) else [(None, mval.value)]
+            for key, value in items:
+                name = mval.name if key is None else f"{mval.name}/{key}"
+                entry = self._convert(name, value)
+                if entry is not None:
+                    rows.setdefault(int(mval.x_plot), {})[name] = entry
+        for x_plot, row in rows.items():
+            self._log_row(row, x_plot)
+
+    def after_training_exp(
+        self, strategy: SupervisedTemplate, metric_values: list[MetricValue], **kwargs: Any
+    ) -> None:
+        """Count finished training experiences (Avalanche calls logger callbacks by name)."""
+        self.experiences_done += 1
+        self._log_row({EXPERIENCE_METRIC: self.experiences_done}, self.last_x_plot)
+
+    # ------------------------------------------------------------------ helpers for runs/
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        """Set final values in the run summary (the numbers shown in the W&B runs table)."""
+        self.run.summary.update(dict(metrics))
+
+    def log_accuracy_matrix(
+        self,
+        matrix: Sequence[Sequence[float | None]],
+        row_labels: Sequence[str],
+        col_labels: Sequence[str],
+        *,
+        key: str = "accuracy_matrix",
+        x_plot: int | None = None,
+    ) -> None:
+        """Log ``matrix[i][j]`` (accuracy on experience j after training on i) as a ``wandb.Table``."""
+        if len(matrix) != len(row_labels):
+            raise ValueError(f"accuracy matrix has {len(matrix)} rows but {len(row_labels)} row labels")
+        for i, row in enumerate(matrix):
+            if len(row) != len(col_labels):
+                raise ValueError(f"accuracy matrix row {i} has {len(row)} values, expected {len(col_labels)}")
+        columns = ["trained_on", *[str(c) for c in col_labels]]
+        data = [
+            [str(label), *[None if v is None else float(v) for v in row]]
+            for label, row in zip(row_labels, matrix, strict=True)
+        ]
+        table = wandb.Table(columns=columns, data=data)
+        self._log_row({key: table}, self.last_x_plot if x_plot is None else x_plot)
+
+    def log_artifact_files(self, paths: Iterable[str | Path], *, name: str, type: str = "results") -> None:
+        """Store local files (configs, ``metrics.json``, plots) in the run as one W&B artifact."""
+        artifact = wandb.Artifact(name, type=type)
+        for path in paths:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"artifact file not found: {path}")
+            artifact.add_file(str(path), name=path.name)
+        self.run.log_artifact(artifact)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run (idempotent); a non-zero ``exit_code`` marks it failed."""
+        if not self._finished:
+            self._finished = True
+            self.run.finish(exit_code=exit_code)
+
+    # ------------------------------------------------------------------ internals
+    def _log_row(self, row: dict[str, Any], x_plot: int) -> None:
+        # x_plot is a field, never `step=`: W&B would drop rows whose step goes backwards.
+        self.last_x_plot = int(x_plot)
+        self.run.log({**row, STEP_METRIC: self.last_x_plot})
+
+    def _convert(self, name: str, value: Any) -> Any | None:
+        """The W&B form of one Avalanche value, or None when it cannot be logged."""
+        if isinstance(value, AlternativeValues):
+            value = value.best_supported_value(*_SUPPORTED)
+        if isinstance(value, numbers.Number):  # includes bool and NumPy scalars
+            return value.item() if isinstance(value, np.generic) else value
+        if isinstance(value, Image | Figure):
+            return wandb.Image(value)
+        if isinstance(value, TensorImage):
+            return wandb.Image(value.image.detach().cpu())  # (C, H, W)
+        if isinstance(value, torch.Tensor):
+            return _convert_tensor(value.detach().cpu())
+        log.debug("W&B logger skips metric %s of type %s", name, type(value).__name__)
+        return None
+
+
+def _convert_tensor(value: torch.Tensor) -> Any | None:
+    """Scalar for one element, table for a matrix, histogram otherwise (None when empty)."""
+    if value.numel() == 0:
+        return None
+    if value.numel() == 1:
+        return value.item()
+    if value.ndim == 2:  # (rows, cols), e.g. Avalanche's accuracy matrix
+        columns = ["row", *[str(j) for j in range(value.shape[1])]]
+        data = [[i, *row] for i, row in enumerate(value.float().tolist())]
+        return wandb.Table(columns=columns, data=data)
+    return wandb.Histogram(value.float().flatten().numpy())
+
+
+__all__ = ["WandBLogger", "STEP_METRIC", "EXPERIENCE_METRIC"]
