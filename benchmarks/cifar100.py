@@ -1,0 +1,170 @@
+"""Split CIFAR-100 (class-incremental), plus the class-order and step helpers other streams share.
+
+Default class order: the one ZSCL / MoE-Adapters / Continual-CLIP ship in their configs
+(``class_orders/cifar100.yaml``), the CIFAR-100 order of the original iCaRL code
+(``87, 0, 52, 58, 44, ...``). It is often described as "seed 1993", but it is **not**
+``np.random.seed(1993); np.random.permutation(100)`` (that gives ``68, 56, 78, ...``; no seed
+below 20000 of ``RandomState(seed).permutation(100)`` gives it either), so it is stored verbatim.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .base import CLIPBenchmark, DatasetMissingError, StreamContext, fill_templates
+from .templates import resolve_templates
+
+log = logging.getLogger(__name__)
+
+# iCaRL's CIFAR-100 order, as in ZSCL / MoE-Adapters / Continual-CLIP `class_orders/cifar100.yaml`.
+CIFAR100_ORDER_1993: list[int] = [
+    87, 0, 52, 58, 44, 91, 68, 97, 51, 15, 94, 92, 10, 72, 49, 78, 61, 14, 8, 86, 84, 96, 18, 24, 32,
+    45, 88, 11, 4, 67, 69, 66, 77, 47, 79, 93, 29, 50, 57, 83, 17, 81, 41, 12, 37, 59, 25, 20, 80, 73,
+    1, 28, 6, 46, 62, 82, 53, 9, 31, 75, 38, 63, 33, 74, 27, 22, 36, 3, 16, 21, 60, 19, 70, 90, 89,
+    43, 5, 42, 65, 76, 40, 30, 23, 85, 2, 95, 56, 48, 71, 64, 98, 13, 99, 7, 34, 55, 54, 26, 35, 39,
+]
+
+CIFAR100_FILES = ("train", "test", "meta")
+
+
+def resolve_class_order(spec: str | int | list[int], n_classes: int, published: list[int] | None,
+                        stream: str) -> list[int]:
+    """Class order from a config value.
+
+    ``"seed1993"``: the published order (``published``); ``"identity"``: ``0..n-1``; an int: the
+    permutation ``np.random.RandomState(seed).permutation(n)``; a list: taken as is. Every form must
+    be a permutation of ``0..n-1``.
+    """
+    if isinstance(spec, bool):
+        raise TypeError(f"{stream}: class_order must be 'seed1993', 'identity', an int seed or a list")
+    if spec == "seed1993":
+        if published is None:
+            raise ValueError(f"{stream}: no published 'seed1993' order; use 'identity', a seed or a list")
+        order = list(published)
+    elif spec == "identity":
+        order = list(range(n_classes))
+    elif isinstance(spec, int):
+        order = np.random.RandomState(spec).permutation(n_classes).tolist()
+    elif isinstance(spec, list | tuple):
+        order = [int(c) for c in spec]
+    else:
+        raise ValueError(f"{stream}: class_order {spec!r} is not 'seed1993', 'identity', "
+                         f"an int seed or a list")
+    if sorted(order) != list(range(n_classes)):
+        raise ValueError(f"{stream}: class_order must be a permutation of 0..{n_classes - 1} "
+                         f"(got {len(order)} entries)")
+    return order
+
+
+def step_sizes(n_classes: int, initial: int, increment: int, stream: str) -> list[int]:
+    """Classes per experience: ``initial`` then ``increment`` each, tiling exactly ``n_classes``."""
+    if initial <= 0 or increment <= 0:
+        raise ValueError(f"{stream}: initial={initial} and increment={increment} must be positive")
+    if initial > n_classes or (n_classes - initial) % increment:
+        raise ValueError(f"{stream}: initial={initial} + k*increment={increment} does not tile "
+                         f"{n_classes} classes")
+    return [initial] + [increment] * ((n_classes - initial) // increment)
+
+
+def build_class_incremental(name: str, train, test, order: list[int], sizes: list[int],
+                            class_names: list[str], templates: list[str],
+                            ctx: StreamContext) -> CLIPBenchmark:
+    """An Avalanche class-incremental benchmark over global class ids, with prompts."""
+    from avalanche.benchmarks import nc_benchmark
+
+    scenario = nc_benchmark(
+        train, test, n_experiences=len(sizes), task_labels=False, shuffle=False,
+        fixed_class_order=order, per_exp_classes={0: sizes[0]} if sizes[0] != sizes[-1] else None,
+        train_transform=ctx.train_transform, eval_transform=ctx.eval_transform,
+    )
+    return CLIPBenchmark(
+        name=name,
+        scenario=scenario,
+        class_names=class_names,
+        class_prompts=fill_templates(templates, class_names),
+        experience_classes=[sorted(e.classes_in_this_experience) for e in scenario.train_stream],
+        protocol="seen",
+    )
+
+
+def clean_class_name(name: str) -> str:
+    """Prompt-ready name: underscores to spaces ("aquarium_fish" -> "aquarium fish")."""
+    return " ".join(name.replace("_", " ").split())
+
+
+@dataclass
+class SplitCIFAR100Config:
+    steps: int = 10  # experiences of equal size; must divide 100 (10, 20, 50, ...)
+    class_order: str | int | list[int] = "seed1993"  # "seed1993" (iCaRL/ZSCL order), "identity", seed, list
+    templates: str | list[str] = "default"  # "default" (MoZO's one template), "rich", or a list
+
+
+def _cifar_missing(folder: str) -> DatasetMissingError:
+    return DatasetMissingError(
+        f"split_cifar100: CIFAR-100 not found and download is off or failed. Put the python version "
+        f"(cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extracted) so that "
+        f"{folder}/{{{','.join(CIFAR100_FILES)}}} exist.")
+
+
+class CIFAR100Files(Dataset):
+    """CIFAR-100 read from the official python pickles (``train``/``test`` + ``meta``); PIL images.
+
+    torchvision's ``CIFAR100`` checks the archive's MD5 sums on every construction, which rules out
+    test copies in the official format; it is used only to download.
+    """
+
+    def __init__(self, folder: str, train: bool) -> None:
+        with open(os.path.join(folder, "train" if train else "test"), "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        with open(os.path.join(folder, "meta"), "rb") as f:
+            self.classes = list(pickle.load(f, encoding="latin1")["fine_label_names"])
+        flat = np.asarray(entry["data"], dtype=np.uint8)  # (N, 3072), channel-major rows
+        self.data = flat.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
+        self.targets = [int(t) for t in entry["fine_labels"]]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return Image.fromarray(self.data[index]), self.targets[index]
+
+
+def load_cifar100(root: str, download: bool) -> tuple[CIFAR100Files, CIFAR100Files]:
+    """CIFAR-100 train and test sets (PIL images, ``.targets``); one clear error if absent."""
+    folder = os.path.join(root, "cifar-100-python")
+    present = all(os.path.isfile(os.path.join(folder, f)) for f in CIFAR100_FILES)
+    if not present and not download:
+        raise _cifar_missing(folder)
+    if not present:
+        from torchvision.datasets import CIFAR100
+
+        try:
+            CIFAR100(root, train=True, download=True)
+        except (OSError, RuntimeError) as err:  # urllib / integrity errors -> one message
+            raise _cifar_missing(folder) from err
+    try:
+        return CIFAR100Files(folder, train=True), CIFAR100Files(folder, train=False)
+    except (OSError, pickle.UnpicklingError, KeyError, EOFError, ValueError) as err:
+        raise DatasetMissingError(f"split_cifar100: {folder} holds unreadable CIFAR-100 files "
+                                  f"({type(err).__name__}: {err}); replace "
+                                  f"{folder}/{{train,test,meta}}") from err
+
+
+def build_split_cifar100(cfg: SplitCIFAR100Config, ctx: StreamContext) -> CLIPBenchmark:
+    """Split CIFAR-100 in ``cfg.steps`` equal steps over the configured class order."""
+    if not isinstance(cfg.steps, int) or cfg.steps <= 0 or 100 % cfg.steps:
+        raise ValueError(f"split_cifar100: steps={cfg.steps!r} must be a positive divisor of 100")
+    order = resolve_class_order(cfg.class_order, 100, CIFAR100_ORDER_1993, "split_cifar100")
+    templates = resolve_templates(cfg.templates)
+    train, test = load_cifar100(ctx.data_root, ctx.download)
+    names = [clean_class_name(c) for c in train.classes]
+    sizes = [100 // cfg.steps] * cfg.steps
+    return build_class_incremental("split_cifar100", train, test, order, sizes, names, templates, ctx)
