@@ -16,8 +16,10 @@ A suite file::
         name: lwf-a1                 # display name (default: the method name)
 
 Every default lives in a component's dataclass (``ModelConfig``, ``TrainConfig``, a stream's or a
-method's config). Precedence: dataclass defaults < ``defaults:`` < the run's entry < ``--set``
-overrides from the command line. Any unknown key, wrong type or unknown method/stream raises
+method's config); a method's paper recipe (``MethodSpec.recipe``, e.g. ConDU's label smoothing and
+1000 iterations) overrides ``TrainConfig`` defaults for that method. Precedence: dataclass defaults
+< method recipe < ``defaults:`` < the run's entry < ``--set`` overrides from the command line.
+Any unknown key, wrong type or unknown method/stream raises
 :class:`ConfigError` naming the file, the field and the allowed values.
 """
 
@@ -218,9 +220,13 @@ def parse_run(raw: dict, file: str, where: str) -> RunConfig:
     for required in ("method", "stream"):
         if required not in raw:
             raise ConfigError(f"{file}: {where} has no '{required}' (give it in the run or in defaults)")
+    method = _choice(raw["method"], METHODS, _join(where, "method"), file)
     rest = {k: v for k, v in raw.items() if k not in ("method", "stream")}
+    if not isinstance(rest.get("train", {}), dict):
+        raise ConfigError(f"{file}: {_join(where, 'train')} must be a mapping")
+    rest["train"] = deep_merge(METHODS[method.name].recipe, rest.get("train") or {})
     run = from_dict(RunConfig, rest, where, file)
-    run.method = _choice(raw["method"], METHODS, _join(where, "method"), file)
+    run.method = method
     run.stream = _choice(raw["stream"], STREAMS, _join(where, "stream"), file)
     run.name = run.name or run.method.name
     if not run.seeds:

@@ -107,7 +107,10 @@ class RunSession:
             accuracy_metrics(experience=True, stream=True), loss_metrics(epoch=True, experience=True),
             loggers=[InteractiveLogger(), self.wandb],
         )
-        plugins = [LabelSpacePlugin(self.benchmark, label_space, run.eval.task_aware), RecipePlugin(run.train)]
+        plugins = [
+            LabelSpacePlugin(self.benchmark, label_space, run.eval.task_aware),
+            RecipePlugin(run.train, self.benchmark.experience_names),
+        ]
         self.strategy = spec.build(
             self.model, run.method.cfg, train=run.train, plugins=plugins, evaluator=evaluator,
             device=self.device, criterion=torch.nn.CrossEntropyLoss(label_smoothing=run.train.label_smoothing),

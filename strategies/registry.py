@@ -2,13 +2,14 @@
 
 A builder has the signature ``build(model, cfg, *, train, plugins, evaluator, device, benchmark)``
 and returns an Avalanche ``SupervisedTemplate``. ``label_space`` is the training label space the
-method uses when ``train.label_space`` is ``auto``.
+method uses when ``train.label_space`` is ``auto``; ``recipe`` holds the method paper's training
+defaults (``train.*`` keys), which sit between ``TrainConfig``'s defaults and the suite YAML.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -18,6 +19,7 @@ class MethodSpec:
     build: Callable[..., Any]  # builds the Avalanche strategy
     label_space: str = "current"  # training label space under train.label_space=auto
     trains: bool = True  # False for zero-shot evaluation
+    recipe: dict[str, Any] = field(default_factory=dict)  # the paper's train.* defaults (YAML overrides them)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -30,10 +32,9 @@ def register(name: str, spec: MethodSpec) -> None:
 
 
 def _load_all() -> None:
-    from . import (
-        baselines,  # noqa: F401  (registers zeroshot, naive, lwf, ewc, replay, ...)
-        mozo,  # noqa: F401  (registers mozo)
-    )
+    # Importing a method module registers it: baselines (zeroshot, naive, lwf, ewc, replay, si, agem),
+    # mozo, condu.
+    from . import baselines, condu, mozo  # noqa: F401
 
 
 _load_all()

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -29,6 +29,7 @@ class TrainConfig:
     eval_batch_size: int = 64  # evaluation minibatch size
     optimizer: Literal["adamw", "sgd"] = "adamw"  # first-order optimizer of trainable parameters
     lr: float = 1e-3  # peak learning rate
+    lr_by_experience: dict[str, float] = field(default_factory=dict)  # experience name -> peak lr (MTIL)
     weight_decay: float = 0.0  # decoupled weight decay (AdamW) / L2 (SGD)
     momentum: float = 0.9  # SGD momentum
     warmup: int = 30  # linear warm-up iterations at the start of every experience
@@ -100,11 +101,17 @@ class LabelSpacePlugin(SupervisedPlugin):
 class RecipePlugin(SupervisedPlugin):
     """Trainable-only optimizer, fresh optimizer state and LR schedule per experience, iteration cap."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, experience_names: list[str] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.experience_names = experience_names or []
+        unknown = sorted(set(cfg.lr_by_experience) - set(self.experience_names))
+        if unknown:
+            raise ValueError(f"train.lr_by_experience: unknown experiences {unknown}; "
+                             f"allowed: {', '.join(self.experience_names)}")
         self.step = 0
         self.total = 0
+        self.peak_lr = cfg.lr
 
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         # Avalanche's make_optimizer (run just before) puts every parameter, frozen ones too, in the
@@ -113,6 +120,9 @@ class RecipePlugin(SupervisedPlugin):
         group["params"] = [p for p in group["params"] if p.requires_grad] or group["params"][:1]
         strategy.optimizer.state.clear()
         self.step = 0
+        index = strategy.experience.current_experience
+        name = self.experience_names[index] if index < len(self.experience_names) else ""
+        self.peak_lr = self.cfg.lr_by_experience.get(name, self.cfg.lr)
         batches = len(strategy.dataloader)
         if batches == 0:
             raise ValueError(f"experience {strategy.experience.current_experience} has no training data")
@@ -123,7 +133,7 @@ class RecipePlugin(SupervisedPlugin):
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         factor = lr_factor(self.step, self.total, self.cfg.warmup, self.cfg.schedule)
         for group in strategy.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * factor
+            group["lr"] = self.peak_lr * factor
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         self.step += 1

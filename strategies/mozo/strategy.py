@@ -43,4 +43,7 @@ def build_mozo(model: CLIPClassifier, cfg: MoZOConfig, *, train: Any, plugins: l
     )
 
 
-register("mozo", MethodSpec(MoZOConfig, build_mozo))
+# MoE-Adapters4CL's FO recipe, which MoZO keeps (mozo.md): AdamW 1e-3, cosine with 30 warm-up iterations,
+# 1 epoch per task, batch 128, no augmentation.
+RECIPE = {"lr": 1e-3, "warmup": 30, "schedule": "cosine", "epochs": 1, "batch_size": 128, "augment": False}
+register("mozo", MethodSpec(MoZOConfig, build_mozo, recipe=RECIPE))
