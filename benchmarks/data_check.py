@@ -1,6 +1,8 @@
 """What of a stream's data is on disk: present / missing / corrupt rows for ``runs data check``.
 
-``check_stream(name, data_root)`` only lists folders, counts files, reads small annotation files
+Statuses: ``present``; ``incomplete`` (fewer files than the official release — a subset or an
+interrupted extraction; runs still work on what is there); ``missing``; ``corrupt`` (does not decode
+or parse). ``check_stream(name, data_root)`` only lists folders, counts files, reads small annotation files
 and decodes two images per dataset (the first and one drawn with a fixed seed); it never downloads.
 """
 
@@ -11,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-Status = Literal["present", "missing", "corrupt"]
+Status = Literal["present", "incomplete", "missing", "corrupt"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -50,7 +52,9 @@ def check_images(dataset: str, folder: str, expected: int | None) -> list[CheckL
     if not files:
         return [CheckLine(dataset, folder, "missing", "no image files")]
     count = f"{len(files)} images" + (f" (expected {expected})" if expected else "")
-    rows = [CheckLine(dataset, folder, "present" if expected in (None, len(files)) else "corrupt", count)]
+    # fewer files than the official release: a subset (e.g. ../shared/data) or an interrupted extraction
+    status: Status = "present" if expected in (None, len(files)) else "incomplete"
+    rows = [CheckLine(dataset, folder, status, count)]
     for path in dict.fromkeys([files[0], random.Random(0).choice(files)]):
         err = _decode(path)
         rows.append(CheckLine(dataset, path, "corrupt" if err else "present", err or "decodes"))
@@ -171,3 +175,17 @@ def check_stream(name: str, data_root: str) -> list[CheckLine]:
         return [CheckLine("synthetic", "-", "present", "generated in memory, no files")]
     raise ValueError(f"unknown stream {name!r}; known: split_cifar100, split_tinyimagenet, split_imagenet_r, "
                      f"mtil, synthetic")
+
+
+def format_report(lines: list[CheckLine]) -> str:
+    """The rows as an aligned text table, with a one-line summary at the end."""
+    widths = [max([len(h)] + [len(str(getattr(r, h))) for r in lines]) for h in ("dataset", "item", "status")]
+    header = "  ".join(h.ljust(w) for h, w in zip(("dataset", "item", "status"), widths, strict=True)) + "  detail"
+    rows = [
+        "  ".join(str(getattr(r, h)).ljust(w) for h, w in zip(("dataset", "item", "status"), widths, strict=True))
+        + f"  {r.detail}"
+        for r in lines
+    ]
+    counts = {s: sum(r.status == s for r in lines) for s in ("present", "incomplete", "missing", "corrupt")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return "\n".join([header, *rows, "", summary])
