@@ -55,7 +55,7 @@ class _Interrupt(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("method", ["naive", "lwf"])
+@pytest.mark.parametrize("method", ["naive", "lwf", "ewc", "replay"])
 def test_interrupted_run_resumes_with_identical_numbers(tmp_path, monkeypatch, method):
     suite = _smoke(tmp_path, ["stream.n_experiences=2", "stream.n_classes=4", "eval.zero_shot_row=false"])
     run = next(r for r in suite.runs if r.name == method)
