@@ -123,7 +123,8 @@ def test_mozo_lowers_training_loss_on_synthetic_stream(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_mozo_paper_suite_runs_every_configuration(tmp_path):
-    suite = _tiny_suite(tmp_path, ["train.epochs=1"])
+    # 12 blocks per tower, like ViT-B/16, so prefix-6 / suffix-6 / hop-* select as in the paper
+    suite = _tiny_suite(tmp_path, ["train.epochs=1", "model.arch=clip-tiny-12l"])
     records = run_suite(suite)
     names = sorted(r["name"] for r in records)
     assert names == sorted(r.name for r in suite.runs) and len(names) == 9
