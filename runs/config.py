@@ -188,15 +188,19 @@ def _choice(data: Any, registry: dict[str, Any], where: str, file: str) -> Choic
 
 # ---- suite loading -----------------------------------------------------------------------------
 def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` merged into a copy of ``base``; mappings merge key by key, the rest replaces."""
+    """``override`` merged into a copy of ``base``; mappings merge key by key, the rest replaces.
+
+    A ``method``/``stream`` mapping merges only when it names the same component (or none); naming
+    another one replaces it, so options of one method never leak into another.
+    """
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("method", "stream"):
-            merged[key] = deep_merge(merged[key], value)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict) and value.get("name") in (
-            None, merged[key].get("name")
-        ):
-            merged[key] = deep_merge(merged[key], value)
+        current = merged.get(key)
+        same_component = key not in ("method", "stream") or (
+            isinstance(value, dict) and isinstance(current, dict) and value.get("name") in (None, current.get("name"))
+        )
+        if isinstance(value, dict) and isinstance(current, dict) and same_component:
+            merged[key] = deep_merge(current, value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged

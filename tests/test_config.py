@@ -80,3 +80,23 @@ def test_validate_cli_accepts_the_shipped_suites(capsys):
     assert suites
     for suite in suites:
         assert main(["validate", str(suite)]) == 0, suite
+
+
+def test_method_options_merge_only_within_the_same_method(tmp_path):
+    text = BASE.replace("  model:", "  method: {name: lwf, alpha: 0.5}\n  model:").replace(
+        "runs:\n  - method: naive\n",
+        "runs:\n  - method: {temperature: 3}\n    name: lwf-t3\n  - method: {name: ewc, ewc_lambda: 2}\n",
+    )
+    suite = load_suite(_write(tmp_path, text))
+    lwf, ewc = suite.runs
+    assert (lwf.method.name, lwf.method.cfg.alpha, lwf.method.cfg.temperature) == ("lwf", 0.5, 3.0)
+    assert ewc.method.name == "ewc" and ewc.method.cfg.ewc_lambda == 2.0  # no 'alpha' leaked into ewc
+
+
+def test_method_recipe_sits_between_defaults_and_yaml(tmp_path):
+    text = BASE.replace("method: naive", "method: condu\n    model: {units: {kind: lora}}") + (
+        "  - method: condu\n    name: condu-short\n    model: {units: {kind: lora}}\n    train: {iterations: 5}\n"
+    )
+    recipe, short = load_suite(_write(tmp_path, text)).runs
+    assert recipe.train.label_smoothing == 0.2 and recipe.train.iterations == 1000  # ConDU's recipe
+    assert short.train.iterations == 5 and short.train.label_smoothing == 0.2  # YAML beats the recipe
