@@ -32,12 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("stream", help="stream name, e.g. split_tinyimagenet")
     check.add_argument("--data-root", default="data", help="folder holding the datasets (default: data)")
     bench = sub.add_parser("bench", help="speed/memory benchmarks (they print figures)")
-    bench.add_argument("what", choices=["mozo"], help="which benchmark")
+    bench.add_argument("what", choices=["mozo", "condu-storage"], help="which benchmark")
     bench.add_argument("--arch", default="clip-tiny", help="open_clip model name (weights are not needed)")
     bench.add_argument("--batch-size", type=int, default=8)
     bench.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--units", default="moe", choices=["moe", "lora", "adapter"])
+    bench.add_argument("--units", default=None, choices=["moe", "lora", "adapter", "full"],
+                       help="units (default: moe for mozo, full for condu-storage)")
+    bench.add_argument("--classes-per-task", type=int, default=100, help="condu-storage: prototypes per task")
+    bench.add_argument("--tasks", type=int, default=11, help="condu-storage: number of tasks")
     return parser
 
 
@@ -88,16 +91,25 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "condu-storage":
+        from .bench import condu_storage
+
+        print(condu_storage(arch=args.arch, units=args.units or "full", classes_per_task=args.classes_per_task,
+                            tasks=args.tasks))
+        return 0
     from .bench import bench_mozo
 
     print(bench_mozo(arch=args.arch, batch_size=args.batch_size, steps=args.steps, device=args.device,
-                     units=args.units))
+                     units=args.units or "moe"))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # our packages speak at INFO; third-party libraries (open_clip logs to the root logger) at WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("runs", "strategies", "benchmarks"):
+        logging.getLogger(name).setLevel(logging.INFO)
     os.environ.setdefault("WANDB_SILENT", "true")
     from benchmarks import DatasetMissingError
 
