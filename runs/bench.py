@@ -62,6 +62,7 @@ import strategies  # noqa: F401  (torchvision shim before open_clip / avalanche)
 from strategies.clip import CLIPClassifier, ModelConfig, UnitsConfig, build_clip, image_size
 from strategies.condu.fusion import Trigger, storage_report
 from strategies.mozo.plugin import MoZOConfig, MoZOPlugin
+from strategies.training import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS: tuple[str, ...] = ("inference", "full FO", "Dual ZO", "Vision ZO", "Language ZO", "MoZO")
@@ -108,12 +109,6 @@ class _Strategy:
         self.clock = _Clock()
         self.evaluator = _Evaluator()
         self.loss = torch.tensor(0.0)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _make_step(config: str, model: CLIPClassifier, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[], None],
@@ -172,7 +167,7 @@ def _peak_rss_bytes() -> int:
 def measure(config: str, *, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, device: str = "cpu",
             units: str = "moe", warmup: int = WARMUP, seed: int = 0) -> Measurement:
     """Build a fresh model and measure ``config`` in this process (see the module docstring)."""
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     cuda = torch.device(device).type == "cuda"
     torch.manual_seed(seed)
     model, _, _ = build_clip(ModelConfig(arch=arch, pretrained="none", units=UnitsConfig(kind=units)), device)
@@ -252,7 +247,7 @@ def bench_mozo(*, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, 
     ``isolate``: run each configuration in a fresh subprocess; default (None) on CPU only, where peak RSS
     is per process. ``configs``: a subset of :data:`CONFIGS`.
     """
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     bad = [c for c in configs if c not in CONFIGS]
     if bad:
         raise ValueError(f"unknown configurations {bad}; expected some of {', '.join(CONFIGS)}")
