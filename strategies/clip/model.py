@@ -56,10 +56,10 @@ def register_model_configs() -> None:
 class CLIPClassifier(nn.Module):
     """Scores images against class-name prompts; see the module docstring for the formula."""
 
-    def __init__(self, clip: nn.Module, tokenizer: Any, units: dict[UnitKey, nn.Module]) -> None:
+    def __init__(self, clip: Any, tokenizer: Any, units: dict[UnitKey, nn.Module]) -> None:
         super().__init__()
-        self.clip = clip
-        self.tokenizer = tokenizer
+        self.clip: Any = clip  # open_clip CLIP / CustomTextCLIP (dynamic attributes)
+        self.tokenizer: Any = tokenizer
         self.units = units  # plain dict (not a ModuleDict): units are already submodules of clip
         self.class_prompts: list[list[str]] = []
         self.active_classes: list[int] = []

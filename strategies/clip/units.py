@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -108,18 +109,18 @@ class ParallelUnitMLP(nn.Module):
     ``x + ls_2(ffn(ln_2(x)) + unit(x))``; ``ls_2`` is the identity in CLIP.
     """
 
-    def __init__(self, norm: nn.Module, ffn: nn.Module, unit: nn.Module) -> None:
+    def __init__(self, norm: nn.Module, ffn: Any, unit: nn.Module) -> None:
         super().__init__()
         self.norm = norm
-        self.ffn = ffn
+        self.ffn: Any = ffn  # open_clip's MLP (nn.Sequential with c_fc, gelu, c_proj)
         self.unit = unit
 
     @property
-    def c_fc(self) -> nn.Module:  # open_clip reads block.mlp.c_fc.weight.dtype
+    def c_fc(self) -> Any:  # open_clip reads block.mlp.c_fc.weight.dtype
         return self.ffn.c_fc
 
     @property
-    def c_proj(self) -> nn.Module:
+    def c_proj(self) -> Any:
         return self.ffn.c_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,7 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.lora(x)
 
 
-def tower_blocks(clip: nn.Module) -> dict[str, nn.ModuleList]:
+def tower_blocks(clip: Any) -> dict[str, nn.ModuleList]:
     """The ``resblocks`` of each tower of an open_clip model, keyed by branch."""
     towers: dict[str, nn.ModuleList] = {}
     visual = getattr(clip, "visual", None)
@@ -168,14 +169,14 @@ def tower_blocks(clip: nn.Module) -> dict[str, nn.ModuleList]:
     return towers
 
 
-def tower_modules(clip: nn.Module) -> dict[str, list[nn.Module]]:
+def tower_modules(clip: Any) -> dict[str, list[nn.Module]]:
     """Every module holding a tower's parameters (blocks, embeddings, norms, projections)."""
     if hasattr(clip, "text"):
         return {"vision": [clip.visual], "language": [clip.text]}
     return {"vision": [clip.visual], "language": [clip.transformer, clip.token_embedding, clip.ln_final]}
 
 
-def _build_unit(block: nn.Module, cfg: UnitsConfig) -> nn.Module:
+def _build_unit(block: Any, cfg: UnitsConfig) -> nn.Module:
     width = block.ln_2.normalized_shape[0]
     if cfg.kind == "adapter":
         unit: nn.Module = Adapter(width, cfg.bottleneck, cfg.scale, cfg.dropout)
@@ -186,7 +187,7 @@ def _build_unit(block: nn.Module, cfg: UnitsConfig) -> nn.Module:
     return unit
 
 
-def _build_lora(block: nn.Module, cfg: UnitsConfig) -> nn.Module:
+def _build_lora(block: Any, cfg: UnitsConfig) -> nn.Module:
     scale = cfg.lora_scale if cfg.lora_scale is not None else 1.0 / math.sqrt(cfg.lora_rank)
     for name in ("c_fc", "c_proj"):
         setattr(block.mlp, name, LoRALinear(getattr(block.mlp, name), cfg.lora_rank, scale))
@@ -205,7 +206,7 @@ def check_units_config(cfg: UnitsConfig) -> None:
         raise ValueError(f"units.top_k={cfg.top_k} must be in 1..units.experts={cfg.experts}")
 
 
-def inject_units(clip: nn.Module, cfg: UnitsConfig) -> dict[UnitKey, nn.Module]:
+def inject_units(clip: Any, cfg: UnitsConfig) -> dict[UnitKey, nn.Module]:
     """Add units to every block of the configured towers; return the index ``{(branch, layer): unit}``.
 
     Freezes every parameter of ``clip`` first, then makes the units trainable. ``kind="full"`` adds

@@ -288,11 +288,13 @@ def unify(
     _check_rescaler(rescaler)
     _check_session(unified, triggers, new_delta)
 
+    old = unified if unified is not None else {}  # _check_session: no unified delta means no old triggers
+
     def stacks() -> Iterator[tuple[str, Tensor]]:
         for key, new in new_delta.items():
             stack = new.new_empty((len(triggers) + 1, *new.shape))  # (T, *shape)
             for i, trig in enumerate(triggers):
-                stack[i] = _decouple_tensor(unified[key].to(new.device), trig, key)
+                stack[i] = _decouple_tensor(old[key].to(new.device), trig, key)
             stack[-1] = new.detach()
             yield key, stack
 

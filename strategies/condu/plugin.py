@@ -64,13 +64,15 @@ class ConDUPlugin(SupervisedPlugin):
         self.task_of_experience: dict[int, int] = {}  # experience index -> task index
         self._models: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
         self._text: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
-        self.loaded = PRETRAINED
+        self.loaded: int | None = PRETRAINED  # model currently in the classifier; None: unknown (reload)
 
     # ---- model swapping ----------------------------------------------------------------------
     def _weights(self, task: int) -> dict[str, torch.Tensor]:
         if task == PRETRAINED:
             return self.theta0
         if task not in self._models:
+            if self.unified is None:
+                raise RuntimeError(f"ConDU: task {task} requested before any task was unified")
             delta = decouple(self.unified, self.triggers[task])
             self._models[task] = {n: self.theta0[n] + delta[n] for n in self.theta0}
             while len(self._models) > self.cfg.cache_models:

@@ -127,8 +127,10 @@ def aggregate_logits(
                              f"got {tuple(task_logits.shape)}")
         table = task_logits
 
-        def logits_of(task: int, rows: Tensor) -> Tensor:
+        def from_table(task: int, rows: Tensor) -> Tensor:
             return table[task, rows]  # (len(rows), C)
+
+        logits_of: TaskLogitsFn = from_table
     else:
         logits_of = task_logits
     out = weights[:, :1] * pretrained_logits  # (B, C)

@@ -67,7 +67,9 @@ class MoZOPlugin(SupervisedPlugin):
         eps = {"vision": self.cfg.eps_vision, "language": self.cfg.eps_language}
         groups = []
         for branch in ("vision", "language"):
-            params = [p for key in sorted(self.zo_keys) if key[0] == branch for p in model.units[key].parameters()]
+            params: list[torch.Tensor] = [
+                p for key in sorted(self.zo_keys) if key[0] == branch for p in model.units[key].parameters()
+            ]
             if params:
                 groups.append(ZOGroup(branch, params, eps[branch], self.cfg.zo_weight_decay))
         return groups

@@ -216,6 +216,8 @@ def zo_estimate(
             projected.append((plus - minus) / 2.0)
             probe_means.append((plus + minus) / 2.0)
         else:
+            if loss0 is None:  # one-sided estimates always evaluate L(θ) first
+                raise RuntimeError("one-sided ZO estimate without the loss at θ")
             projected.append(plus - loss0)
     loss = loss0 if loss0 is not None else sum(probe_means) / len(probe_means)
     return ZOEstimate(seeds=seeds, projected=projected, loss=loss)
