@@ -42,11 +42,15 @@ def _check(matrix, sizes=None) -> tuple[np.ndarray, np.ndarray]:
     return a, n
 
 
+def seen_accuracy_per_step(matrix, sizes=None) -> list[float]:
+    """Accuracy on everything trained so far after each step: sum_{j<=i} n_j A[i,j] / sum_{j<=i} n_j."""
+    a, n = _check(matrix, sizes)
+    return [float(np.dot(a[i, : i + 1], n[: i + 1]) / n[: i + 1].sum()) for i in range(a.shape[0])]
+
+
 def average_incremental_accuracy(matrix, sizes=None) -> float:
     """(1/T) sum_i sum_{j<=i} n_j A[i,j] / sum_{j<=i} n_j (sample-weighted seen accuracy per step)."""
-    a, n = _check(matrix, sizes)
-    per_step = [float(np.dot(a[i, : i + 1], n[: i + 1]) / n[: i + 1].sum()) for i in range(a.shape[0])]
-    return float(np.mean(per_step))
+    return float(np.mean(seen_accuracy_per_step(matrix, sizes)))
 
 
 def last_accuracy(matrix, sizes=None) -> float:

@@ -32,7 +32,7 @@ from strategies.training import LabelSpacePlugin, RecipePlugin, resolve_device
 
 from . import checkpoint
 from .config import RunConfig, SuiteConfig, to_plain
-from .metrics import summarize
+from .metrics import seen_accuracy_per_step, summarize
 from .report import load_run_records, write_results
 from .wandb_logger import WandBLogger
 
@@ -67,16 +67,6 @@ def accuracy_row(results: dict[str, Any], n_experiences: int) -> list[float]:
         if match:
             row[int(match.group(1))] = float(value)
     return row
-
-
-def accuracy_per_step(matrix: list[list[float]], sizes: list[int], protocol: str) -> list[float]:
-    """Accuracy on everything trained so far after each step (test-size weighted for ``seen``)."""
-    steps = []
-    for i, row in enumerate(matrix):
-        seen = range(i + 1)
-        weights = [sizes[j] if protocol == "seen" else 1 for j in seen]
-        steps.append(sum(row[j] * w for j, w in zip(seen, weights, strict=True)) / sum(weights))
-    return steps
 
 
 class RunSession:
@@ -170,7 +160,8 @@ class RunSession:
             "stream": self.run.stream.name, "seed": self.seed, "protocol": bench.protocol,
             "pretrained": self.run.model.pretrained, "arch": self.run.model.arch,
             "metrics": {k: (None if v is None else float(v)) for k, v in metrics.items()},
-            "accuracy_per_step": accuracy_per_step(rows, sizes, bench.protocol),
+            # per step: accuracy on the experiences trained so far (sample-weighted for class-incremental)
+            "accuracy_per_step": seen_accuracy_per_step(rows, sizes if bench.protocol == "seen" else None),
             "experience_names": bench.experience_names, "test_sizes": sizes,
             "matrix": rows, "zero_shot_row": zero_shot, "wall_time_s": wall,
         }

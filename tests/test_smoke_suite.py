@@ -37,6 +37,9 @@ def test_smoke_suite_end_to_end(tmp_path):
         assert list((run / "wandb").glob("offline-run-*")), "no offline W&B run"
         matrix = np.asarray(record["matrix"])
         assert matrix.shape == (5, 5) and np.all((matrix >= 0) & (matrix <= 1))
+        # Avg is the mean of the per-step accuracy on everything seen so far; Last is its final value
+        assert np.mean(record["accuracy_per_step"]) == pytest.approx(record["metrics"]["avg"])
+        assert record["accuracy_per_step"][-1] == pytest.approx(record["metrics"]["last"])
     by_name = {r["name"]: r for r in records}
     # zero-shot does not train: every row equals the zero-shot row on the experiences it has seen
     zs = by_name["zeroshot"]
