@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import Dataset
 
-from .base import CLIPBenchmark, DatasetMissingError, StreamContext, fill_templates
+from .base import CLIPBenchmark, DatasetMissingError, StreamContext
+from .common import build_class_incremental, clean_class_name, resolve_class_order
 from .templates import resolve_templates
 
 log = logging.getLogger(__name__)
@@ -31,71 +32,6 @@ CIFAR100_ORDER_1993: list[int] = [
 ]
 
 CIFAR100_FILES = ("train", "test", "meta")
-
-
-def resolve_class_order(spec: str | int | list[int], n_classes: int, published: list[int] | None,
-                        stream: str) -> list[int]:
-    """Class order from a config value.
-
-    ``"seed1993"``: the published order (``published``); ``"identity"``: ``0..n-1``; an int: the
-    permutation ``np.random.RandomState(seed).permutation(n)``; a list: taken as is. Every form must
-    be a permutation of ``0..n-1``.
-    """
-    if isinstance(spec, bool):
-        raise TypeError(f"{stream}: class_order must be 'seed1993', 'identity', an int seed or a list")
-    if spec == "seed1993":
-        if published is None:
-            raise ValueError(f"{stream}: no published 'seed1993' order; use 'identity', a seed or a list")
-        order = list(published)
-    elif spec == "identity":
-        order = list(range(n_classes))
-    elif isinstance(spec, int):
-        order = np.random.RandomState(spec).permutation(n_classes).tolist()
-    elif isinstance(spec, list | tuple):
-        order = [int(c) for c in spec]
-    else:
-        raise ValueError(f"{stream}: class_order {spec!r} is not 'seed1993', 'identity', "
-                         f"an int seed or a list")
-    if sorted(order) != list(range(n_classes)):
-        raise ValueError(f"{stream}: class_order must be a permutation of 0..{n_classes - 1} "
-                         f"(got {len(order)} entries)")
-    return order
-
-
-def step_sizes(n_classes: int, initial: int, increment: int, stream: str) -> list[int]:
-    """Classes per experience: ``initial`` then ``increment`` each, tiling exactly ``n_classes``."""
-    if initial <= 0 or increment <= 0:
-        raise ValueError(f"{stream}: initial={initial} and increment={increment} must be positive")
-    if initial > n_classes or (n_classes - initial) % increment:
-        raise ValueError(f"{stream}: initial={initial} + k*increment={increment} does not tile "
-                         f"{n_classes} classes")
-    return [initial] + [increment] * ((n_classes - initial) // increment)
-
-
-def build_class_incremental(name: str, train, test, order: list[int], sizes: list[int],
-                            class_names: list[str], templates: list[str],
-                            ctx: StreamContext) -> CLIPBenchmark:
-    """An Avalanche class-incremental benchmark over global class ids, with prompts."""
-    from avalanche.benchmarks import nc_benchmark
-
-    scenario = nc_benchmark(
-        train, test, n_experiences=len(sizes), task_labels=False, shuffle=False,
-        fixed_class_order=order, per_exp_classes={0: sizes[0]} if sizes[0] != sizes[-1] else None,
-        train_transform=ctx.train_transform, eval_transform=ctx.eval_transform,
-    )
-    return CLIPBenchmark(
-        name=name,
-        scenario=scenario,
-        class_names=class_names,
-        class_prompts=fill_templates(templates, class_names),
-        experience_classes=[sorted(e.classes_in_this_experience) for e in scenario.train_stream],
-        protocol="seen",
-    )
-
-
-def clean_class_name(name: str) -> str:
-    """Prompt-ready name: underscores to spaces ("aquarium_fish" -> "aquarium fish")."""
-    return " ".join(name.replace("_", " ").split())
 
 
 @dataclass

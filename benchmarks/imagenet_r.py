@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
-from .cifar100 import build_class_incremental, resolve_class_order, step_sizes
+from .common import ImageFileDataset, build_class_incremental, download_and_extract, resolve_class_order, step_sizes
 from .templates import resolve_templates
-from .tinyimagenet import ImageFileDataset, download_and_extract
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext, fill_templates
-from .cifar100 import clean_class_name
+from .common import clean_class_name
 from .templates import mtil_templates
 
 log = logging.getLogger(__name__)

@@ -7,12 +7,13 @@ size, already normalised-looking, so no PIL transform is applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import Dataset
 
-from .base import CLIPBenchmark, StreamContext, fill_templates
+from .base import CLIPBenchmark, StreamContext
+from .common import build_class_incremental
 
 _NAMES = (
     "apple", "bicycle", "cloud", "dolphin", "engine", "forest", "guitar", "harbor", "island", "jacket",
@@ -59,8 +60,6 @@ def class_names(n_classes: int) -> list[str]:
 
 def build_synthetic(cfg: SyntheticStreamConfig, ctx: StreamContext) -> CLIPBenchmark:
     """Class-incremental stream of ``cfg.n_experiences`` equal steps over random-pattern classes."""
-    from avalanche.benchmarks import nc_benchmark
-
     if cfg.n_classes % cfg.n_experiences:
         raise ValueError(f"synthetic stream: n_classes={cfg.n_classes} is not divisible by "
                          f"n_experiences={cfg.n_experiences}")
@@ -70,14 +69,7 @@ def build_synthetic(cfg: SyntheticStreamConfig, ctx: StreamContext) -> CLIPBench
     train = _draw(patterns, cfg.train_per_class, cfg.signal, gen)
     test = _draw(patterns, cfg.test_per_class, cfg.signal, gen)
     order = torch.randperm(cfg.n_classes, generator=gen).tolist()
-    scenario = nc_benchmark(train, test, n_experiences=cfg.n_experiences, task_labels=False,
-                            fixed_class_order=order)
-    names = class_names(cfg.n_classes)
-    return CLIPBenchmark(
-        name="synthetic",
-        scenario=scenario,
-        class_names=names,
-        class_prompts=fill_templates(cfg.templates, names),
-        experience_classes=[sorted(e.classes_in_this_experience) for e in scenario.train_stream],
-        protocol="seen",
-    )
+    sizes = [cfg.n_classes // cfg.n_experiences] * cfg.n_experiences
+    tensors_ctx = replace(ctx, train_transform=None, eval_transform=None)  # samples are tensors already
+    return build_class_incremental("synthetic", train, test, order, sizes, class_names(cfg.n_classes),
+                                   cfg.templates, tensors_ctx)

@@ -14,16 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tarfile
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 
-from torch.utils.data import Dataset
-
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
-from .cifar100 import build_class_incremental, resolve_class_order, step_sizes
+from .common import ImageFileDataset, build_class_incremental, download_and_extract, resolve_class_order, step_sizes
 from .templates import resolve_templates
 
 log = logging.getLogger(__name__)
@@ -43,49 +37,6 @@ TINY_ORDER_1993: list[int] = [
     37, 154, 136, 64, 158, 24, 185, 72, 35, 129, 55, 149, 91, 122, 77, 103, 124, 130, 66, 10, 107, 194,
     98,
 ]
-
-
-class ImageFileDataset(Dataset):
-    """Image files with integer targets; each image is opened (RGB) only when indexed."""
-
-    def __init__(self, paths: list[str], targets: list[int]) -> None:
-        if len(paths) != len(targets):
-            raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
-        self.paths = list(paths)
-        self.targets = [int(t) for t in targets]
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        with Image.open(self.paths[index]) as img:
-            return img.convert("RGB"), self.targets[index]
-
-
-def download_and_extract(url: str, dest_dir: str) -> None:
-    """Download ``url`` into ``dest_dir`` with a tqdm progress bar, extract (zip/tar), delete the archive."""
-    from tqdm import tqdm
-
-    os.makedirs(dest_dir, exist_ok=True)
-    archive = os.path.join(dest_dir, os.path.basename(url))
-    partial = archive + ".part"
-    with urllib.request.urlopen(url) as response, open(partial, "wb") as out:  # noqa: S310 (fixed URL)
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(url)) as bar:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                bar.update(len(chunk))
-    shutil.move(partial, archive)
-    log.info("extracting %s", archive)
-    if archive.endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(dest_dir)
-    else:
-        with tarfile.open(archive) as tf:
-            tf.extractall(dest_dir, filter="data")
-    os.remove(archive)
 
 
 @dataclass

@@ -22,13 +22,8 @@ from fixtures_streams import (
 import benchmarks  # noqa: F401  (installs the torchvision shim first)
 from benchmarks import STREAMS, DatasetMissingError, StreamContext
 from benchmarks import mtil as mtil_mod
-from benchmarks.cifar100 import (
-    CIFAR100_ORDER_1993,
-    SplitCIFAR100Config,
-    build_split_cifar100,
-    resolve_class_order,
-    step_sizes,
-)
+from benchmarks.cifar100 import CIFAR100_ORDER_1993, SplitCIFAR100Config, build_split_cifar100
+from benchmarks.common import resolve_class_order, step_sizes
 from benchmarks.data_check import check_stream
 from benchmarks.imagenet_r import SPLIT_FILES, SplitImageNetRConfig, build_split_imagenet_r, read_classes
 from benchmarks.mtil import ORDER_I, ORDER_II, MTILConfig, SourceSplit, build_mtil, select_shots
