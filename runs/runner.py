@@ -104,7 +104,7 @@ class RunSession:
         self.strategy = spec.build(
             self.model, run.method.cfg, train=run.train, plugins=plugins, evaluator=evaluator,
             device=self.device, criterion=torch.nn.CrossEntropyLoss(label_smoothing=run.train.label_smoothing),
-            benchmark=self.benchmark, seed=self.seed,
+            benchmark=self.benchmark, seed=self.seed, task_aware=run.eval.task_aware,
         )
         self.trains = spec.trains
 
@@ -113,11 +113,23 @@ class RunSession:
         return accuracy_row(results, self.benchmark.n_experiences)
 
     def execute(self) -> dict[str, Any]:
-        """Train and evaluate every experience (resuming from a checkpoint); return the record."""
+        """Train and evaluate every experience (resuming from a checkpoint); return the record.
+
+        An exception (Ctrl-C included) closes the W&B run as failed and leaves the last checkpoint,
+        so the next invocation resumes after the last finished experience.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(to_plain(self.run) | {"seed": self.seed}))
         started = time.time()
         self.build()
+        try:
+            record = self._train_and_evaluate(started)
+        except BaseException:
+            self.wandb.finish(exit_code=1)
+            raise
+        return record
+
+    def _train_and_evaluate(self, started: float) -> dict[str, Any]:
         ckpt_path = self.out / "checkpoint.pt"
         state = checkpoint.load(ckpt_path)
         zero_shot, rows, start = None, [], 0

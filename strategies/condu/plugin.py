@@ -36,7 +36,7 @@ PRETRAINED = -1  # model id of θ⁰ in caches
 
 @dataclass
 class ConDUConfig:
-    inference: Literal["auto", "task_aware", "aggregated"] = "auto"  # auto: task_aware for MTIL, else aggregated
+    inference: Literal["auto", "task_aware", "aggregated"] = "auto"  # auto: task-aware when evaluation is (MTIL)
     top_k: int = 4  # tasks aggregated per image (plus the pretrained model)
     weighting: Literal["uniform", "similarity", "softmax"] = "uniform"  # mixing of the selected models
     temperature: float = 0.1  # softmax weighting temperature
@@ -48,12 +48,13 @@ class ConDUConfig:
 class ConDUPlugin(SupervisedPlugin):
     """Holds θ⁰, U, triggers and prototypes; swaps task models in and out of the classifier."""
 
-    def __init__(self, model: CLIPClassifier, cfg: ConDUConfig, protocol: str) -> None:
+    def __init__(self, model: CLIPClassifier, cfg: ConDUConfig, *, task_aware: bool) -> None:
+        """``task_aware``: evaluation knows the task (MTIL, or ``eval.task_aware``); used by ``auto``."""
         super().__init__()
         if cfg.top_k < 0 or cfg.cache_models < 1:
             raise ValueError("method.top_k must be >= 0 and method.cache_models >= 1")
         self.cfg = cfg
-        self.task_aware = cfg.inference == "task_aware" or (cfg.inference == "auto" and protocol == "task")
+        self.task_aware = cfg.inference == "task_aware" or (cfg.inference == "auto" and task_aware)
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ValueError("ConDU needs trainable parameters: set model.units.kind to full or lora")

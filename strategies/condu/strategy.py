@@ -28,8 +28,8 @@ class ConDU(SupervisedTemplate):
 
 
 def build_condu(model: CLIPClassifier, cfg: ConDUConfig, *, train: Any, plugins: list, evaluator: Any,
-                device: Any, criterion: Any, benchmark: Any, **_: Any) -> ConDU:
-    plugin = ConDUPlugin(model, cfg, benchmark.protocol)
+                device: Any, criterion: Any, benchmark: Any, task_aware: bool = False, **_: Any) -> ConDU:
+    plugin = ConDUPlugin(model, cfg, task_aware=task_aware or benchmark.protocol == "task")
     return ConDU(
         model=model, condu=plugin, optimizer=make_optimizer(model, train), criterion=criterion,
         train_mb_size=train.batch_size, train_epochs=train.epochs, eval_mb_size=train.eval_batch_size,
