@@ -1,6 +1,7 @@
 """Command line: ``python -m runs {run,validate,report,data} ...``.
 
-Exit codes: 0 success, 2 invalid suite / missing dataset (one message, no stack trace).
+Exit codes: 0 success, 2 invalid suite / missing dataset / unavailable weights (one message, no stack
+trace); ``data check`` exits 1 when something is missing or corrupt.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     os.environ.setdefault("WANDB_SILENT", "true")
     from benchmarks import DatasetMissingError
+    from strategies.clip import WeightsUnavailableError
 
     from .config import ConfigError
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bench": _cmd_bench}
     try:
         return commands[args.command](args)
-    except (ConfigError, DatasetMissingError) as error:
+    except (ConfigError, DatasetMissingError, WeightsUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

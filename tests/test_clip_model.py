@@ -129,3 +129,12 @@ def test_moe_router_noise_only_in_training(tiny_model_factory):
     torch.testing.assert_close(unit.gates(x), torch.full((2, 2), 0.5))  # zero router: uniform gates
     unit.train()
     assert not torch.allclose(unit.gates(x), unit.gates(x))
+
+
+def test_unavailable_pretrained_weights_give_one_clear_error(tmp_path):
+    from strategies.clip import ModelConfig, WeightsUnavailableError, build_clip
+
+    # HF_HUB_OFFLINE=1 (conftest) and an empty cache: the weights are neither cached nor downloadable
+    cfg = ModelConfig(arch="ViT-B-16", pretrained="openai", units=UnitsConfig(kind="none"), cache_dir=str(tmp_path))
+    with pytest.raises(WeightsUnavailableError, match="set model.pretrained to a local weights file"):
+        build_clip(cfg)

@@ -34,6 +34,10 @@ _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
 
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable; the message says what to do."""
+
+
 @dataclass
 class ModelConfig:
     arch: str = "ViT-B-16"  # any open_clip model name, or a config in strategies/clip/model_configs
@@ -156,9 +160,18 @@ def build_clip(cfg: ModelConfig, device: str | torch.device = "cpu") -> tuple[CL
     pretrained = None if cfg.pretrained in ("none", "", None) else cfg.pretrained
     if pretrained and os.environ.get("HF_HUB_OFFLINE") == "1":
         log.info("HF_HUB_OFFLINE=1: open_clip loads %s/%s from its cache only", cfg.arch, pretrained)
-    clip, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-        cfg.arch, pretrained=pretrained, precision=cfg.precision, device=device, cache_dir=cfg.cache_dir,
-    )
+    try:
+        clip, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+            cfg.arch, pretrained=pretrained, precision=cfg.precision, device=device, cache_dir=cfg.cache_dir,
+        )
+    except RuntimeError as error:
+        if not str(error).startswith("Failed to download"):
+            raise
+        raise WeightsUnavailableError(
+            f"model.pretrained={cfg.pretrained!r} for model.arch={cfg.arch!r} could not be loaded ({error}). "
+            f"Run once with internet access (weights are cached under model.cache_dir or the Hugging Face "
+            f"cache), or set model.pretrained to a local weights file (.safetensors/.bin/.pt)."
+        ) from None
     units = inject_units(clip, cfg.units)
     model = CLIPClassifier(clip, open_clip.get_tokenizer(cfg.arch), units).to(device)
     return model, preprocess_train, preprocess_eval
