@@ -246,8 +246,16 @@ def test_restore_error_is_bounded_by_an_ulp_elsewhere():
     assert bool(((theta - before).abs() <= bound).all())
 
 
-@pytest.mark.parametrize("fail_at", [1, 2, 3])
-def test_restore_when_loss_raises(fail_at):
+@pytest.mark.parametrize(
+    ("call", "fail_at"),
+    [
+        # zo_estimate evaluates 1: θ, 2: θ + Dz, 3: θ − Dz
+        ("estimate", 1), ("estimate", 2), ("estimate", 3),
+        # a conservative zo_step then evaluates 4: θ − lr·d, 5: θ + lr·d
+        ("step", 4), ("step", 5),
+    ],
+)
+def test_parameters_restored_when_the_loss_raises(call, fail_at):
     params = exact_regime_params()
     before = [p.clone() for p in params]
     groups = [ZOGroup("all", params, eps=1e-3)]
@@ -255,30 +263,15 @@ def test_restore_when_loss_raises(fail_at):
 
     def loss() -> float:
         calls.append(1)
-        if len(calls) == fail_at:  # 1: at θ, 2: at θ + Dz, 3: at θ − Dz
+        if len(calls) == fail_at:
             raise RuntimeError("boom")
         return float(sum((p**2).sum() for p in params))
 
     with pytest.raises(RuntimeError, match="boom"):
-        zo_estimate(groups, loss, 4)
-    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
-
-
-@pytest.mark.parametrize("fail_at", [4, 5])
-def test_conservative_restores_when_candidate_loss_raises(fail_at):
-    params = exact_regime_params()
-    before = [p.clone() for p in params]
-    groups = [ZOGroup("all", params, eps=1e-3)]
-    calls = []
-
-    def loss() -> float:
-        calls.append(1)
-        if len(calls) == fail_at:  # 4: at θ − lr·d, 5: at θ + lr·d
-            raise RuntimeError("boom")
-        return float(sum((p**2).sum() for p in params))
-
-    with pytest.raises(RuntimeError, match="boom"):
-        zo_step(groups, loss, 4, lr=1e-3)
+        if call == "estimate":
+            zo_estimate(groups, loss, 4)
+        else:
+            zo_step(groups, loss, 4, lr=1e-3)
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
 
 
