@@ -36,8 +36,14 @@ def _unit_grads(model, keys):
     return {k: [p.grad for p in model.units[k].parameters()] for k in keys}
 
 
-def test_mozo_step_fo_units_get_gradients_zo_units_none(tiny_model_factory):
-    model = tiny_model_factory("moe", dropout=0.0).train()
+@pytest.mark.parametrize("kind", ["moe", "lora"])  # MoZO's units, and the paper's LoRA consistency study
+def test_mozo_step_fo_units_get_gradients_zo_units_none(tiny_model_factory, kind):
+    model = tiny_model_factory(kind, dropout=0.0, lora_rank=4).train()
+    if kind == "lora":  # LoRA's B starts at zero: give it a value so every unit has gradients
+        with torch.no_grad():
+            for unit in model.units.values():
+                for lora in unit.values():
+                    lora.B.normal_(std=0.1)
     plugin = MoZOPlugin(model, MoZOConfig(branch="dual", layers="hop-even"), base_lr=0.01)
     # 1-based hop-even on 2-layer towers: layer 2 (index 1) of each tower is ZO
     assert plugin.zo_keys == {("vision", 1), ("language", 1)}
