@@ -1,4 +1,4 @@
-"""Split CIFAR-100 (class-incremental), plus the class-order and step helpers other streams share.
+"""Split CIFAR-100 (class-incremental); shared class-order and step helpers live in ``common.py``.
 
 Default class order: the one ZSCL / MoE-Adapters / Continual-CLIP ship in their configs
 (``class_orders/cifar100.yaml``), the CIFAR-100 order of the original iCaRL code

@@ -9,11 +9,12 @@ import shutil
 import tarfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from .base import CLIPBenchmark, StreamContext, fill_templates
+from .base import CLIPBenchmark, DatasetMissingError, StreamContext, fill_templates
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +125,19 @@ def download_and_extract(url: str, dest_dir: str) -> None:
         with tarfile.open(archive) as tf:
             tf.extractall(dest_dir, filter="data")
     os.remove(archive)
+
+
+def ensure_downloaded(folder: str, is_complete: Callable[[str], bool], url: str, root: str, download: bool,
+                      missing: DatasetMissingError) -> str:
+    """``folder`` if complete; else download ``url`` into ``root`` when allowed; else raise ``missing``."""
+    if is_complete(folder):
+        return folder
+    if not download:
+        raise missing
+    try:
+        download_and_extract(url, root)
+    except OSError as err:  # URLError is an OSError
+        raise missing from err
+    if not is_complete(folder):
+        raise missing
+    return folder

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
-from .common import ImageFileDataset, build_class_incremental, download_and_extract, resolve_class_order, step_sizes
+from .common import ImageFileDataset, build_class_incremental, ensure_downloaded, resolve_class_order, step_sizes
 from .templates import resolve_templates
 
 log = logging.getLogger(__name__)
@@ -75,17 +75,7 @@ def _missing(folder: str) -> DatasetMissingError:
 def ensure_imagenet_r(root: str, download: bool) -> str:
     """Folder ``<root>/imagenet-r``, downloading it if allowed; one clear error otherwise."""
     folder = os.path.join(root, "imagenet-r")
-    if os.path.isdir(folder):
-        return folder
-    if not download:
-        raise _missing(folder)
-    try:
-        download_and_extract(IMAGENET_R_URL, root)
-    except OSError as err:
-        raise _missing(folder) from err
-    if not os.path.isdir(folder):
-        raise _missing(folder)
-    return folder
+    return ensure_downloaded(folder, os.path.isdir, IMAGENET_R_URL, root, download, _missing(folder))
 
 
 def split_files(folder: str, wnids: list[str],

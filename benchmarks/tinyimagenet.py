@@ -5,9 +5,6 @@ Default order: the one ZSCL / MoE-Adapters ship (``class_orders/tinyimagenet.yam
 ``131, 181, 22, 172, 144``). It is stored verbatim: it is not ``np.random.seed(1993);
 np.random.permutation(200)`` (that starts ``168, 136, 51``) nor ``RandomState(s).permutation(200)``
 for any seed s < 20000. Test set = the official validation set (50 images per class).
-
-Also home of ``ImageFileDataset`` (lazy PIL loading of a file list) and ``download_and_extract``,
-which the other file-based streams reuse.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
-from .common import ImageFileDataset, build_class_incremental, download_and_extract, resolve_class_order, step_sizes
+from .common import ImageFileDataset, build_class_incremental, ensure_downloaded, resolve_class_order, step_sizes
 from .templates import resolve_templates
 
 log = logging.getLogger(__name__)
@@ -65,17 +62,7 @@ def _tiny_complete(folder: str) -> bool:
 def ensure_tinyimagenet(root: str, download: bool) -> str:
     """Folder ``<root>/tiny-imagenet-200``, downloading it if allowed; one clear error otherwise."""
     folder = os.path.join(root, "tiny-imagenet-200")
-    if _tiny_complete(folder):
-        return folder
-    if not download:
-        raise _tiny_missing(folder)
-    try:
-        download_and_extract(TINY_URL, root)
-    except OSError as err:  # URLError is an OSError
-        raise _tiny_missing(folder) from err
-    if not _tiny_complete(folder):
-        raise _tiny_missing(folder)
-    return folder
+    return ensure_downloaded(folder, _tiny_complete, TINY_URL, root, download, _tiny_missing(folder))
 
 
 def first_synonym(words: str) -> str:
