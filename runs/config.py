@@ -181,9 +181,7 @@ def _choice(data: Any, registry: dict[str, Any], where: str, file: str) -> Choic
     name = options.pop("name")
     if name not in registry:
         raise ConfigError(f"{file}: {where}.name = {name!r}: unknown; allowed names: {', '.join(sorted(registry))}")
-    entry = registry[name]
-    cfg_cls = entry.config if hasattr(entry, "config") else entry[0]
-    return Choice(name, from_dict(cfg_cls, options, where, file))
+    return Choice(name, from_dict(registry[name].config, options, where, file))
 
 
 # ---- suite loading -----------------------------------------------------------------------------

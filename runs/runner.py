@@ -51,7 +51,7 @@ def run_dir(suite: SuiteConfig, run: RunConfig, seed: int) -> Path:
 
 
 def build_benchmark(run: RunConfig, preprocess_train: Any, preprocess_eval: Any, size: int) -> CLIPBenchmark:
-    _, build = STREAMS[run.stream.name]
+    build = STREAMS[run.stream.name].build
     ctx = StreamContext(
         data_root=run.data_root, train_transform=preprocess_train if run.train.augment else preprocess_eval,
         eval_transform=preprocess_eval, image_size=size, download=run.download,
