@@ -1,0 +1,77 @@
+"""Atomic file writes: a kill or a full disk at any moment leaves the old file or the new one.
+
+Every file of a run folder and of a suite's table goes through these helpers: the content is
+written to a temporary file *in the same folder* whose name carries the process id (two processes
+never share it), flushed and ``fsync``-ed, then renamed over the target with ``os.replace`` (atomic
+on POSIX within one file system). A failed write removes its temporary file and raises
+:class:`OutputError` naming the path and the cause (e.g. "No space left on device").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+class OutputError(OSError):
+    """Writing into the output folder failed; the message names the path and the cause."""
+
+
+def _describe(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "no space left on device"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied (read-only folder?)"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a file stands where a folder belongs"
+    return error.strerror or str(error)
+
+
+def output_error(path: Path | str, error: OSError) -> OutputError:
+    """One-line error for ``path``: '<path>: cannot write: <cause>'."""
+    return OutputError(error.errno, f"{path}: cannot write: {_describe(error)}")
+
+
+def ensure_dir(path: Path) -> Path:
+    """``mkdir -p`` that fails with one :class:`OutputError` line instead of a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise output_error(path, error) from None
+    if not path.is_dir():
+        raise OutputError(errno.ENOTDIR, f"{path}: cannot write: a file stands where a folder belongs")
+    return path
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write(path: Path | str, write: Callable[[IO[Any]], None], *, binary: bool = False) -> Path:
+    """Write ``path`` atomically: ``write(handle)`` fills a temporary sibling, which is renamed."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise output_error(path, error) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text))
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data), binary=True)
