@@ -94,11 +94,16 @@ def load_cifar100(root: str, download: bool) -> tuple[CIFAR100Files, CIFAR100Fil
                                   f"{folder}/{{train,test,meta}}") from err
 
 
-def build_split_cifar100(cfg: SplitCIFAR100Config, ctx: StreamContext) -> CLIPBenchmark:
-    """Split CIFAR-100 in ``cfg.steps`` equal steps over the configured class order."""
+def check_split_cifar100(cfg: SplitCIFAR100Config) -> list[int]:
+    """What can be checked without data (steps divide 100, class order); returns the class order."""
     if not isinstance(cfg.steps, int) or cfg.steps <= 0 or 100 % cfg.steps:
         raise ValueError(f"split_cifar100: steps={cfg.steps!r} must be a positive divisor of 100")
-    order = resolve_class_order(cfg.class_order, 100, CIFAR100_ORDER_1993, "split_cifar100")
+    return resolve_class_order(cfg.class_order, 100, CIFAR100_ORDER_1993, "split_cifar100")
+
+
+def build_split_cifar100(cfg: SplitCIFAR100Config, ctx: StreamContext) -> CLIPBenchmark:
+    """Split CIFAR-100 in ``cfg.steps`` equal steps over the configured class order."""
+    order = check_split_cifar100(cfg)
     templates = resolve_templates(cfg.templates)
     train, test = load_cifar100(ctx.data_root, ctx.download)
     names = [clean_class_name(c) for c in train.classes]

@@ -101,12 +101,17 @@ def split_files(folder: str, wnids: list[str],
     return ImageFileDataset(train_p, train_t), ImageFileDataset(test_p, test_t)
 
 
-def build_split_imagenet_r(cfg: SplitImageNetRConfig, ctx: StreamContext) -> CLIPBenchmark:
-    """Split ImageNet-R in ``cfg.steps`` equal steps over the shipped train/test split."""
+def check_split_imagenet_r(cfg: SplitImageNetRConfig) -> tuple[list[int], list[int]]:
+    """What can be checked without data (steps divide 200, class order); returns sizes and order."""
     if not isinstance(cfg.steps, int) or cfg.steps <= 0 or 200 % cfg.steps:
         raise ValueError(f"split_imagenet_r: steps={cfg.steps!r} must be a positive divisor of 200")
     sizes = step_sizes(200, 200 // cfg.steps, 200 // cfg.steps, "split_imagenet_r")
-    order = resolve_class_order(cfg.class_order, 200, None, "split_imagenet_r")
+    return sizes, resolve_class_order(cfg.class_order, 200, None, "split_imagenet_r")
+
+
+def build_split_imagenet_r(cfg: SplitImageNetRConfig, ctx: StreamContext) -> CLIPBenchmark:
+    """Split ImageNet-R in ``cfg.steps`` equal steps over the shipped train/test split."""
+    sizes, order = check_split_imagenet_r(cfg)
     templates = resolve_templates(cfg.templates)
     test_list = read_test_list(cfg.split)
     folder = ensure_imagenet_r(ctx.data_root, ctx.download)

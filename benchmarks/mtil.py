@@ -300,13 +300,19 @@ def load_source(name: str, root: str, download: bool, split_seed: int) -> Source
             f"({type(err).__name__}). Expected layout: {LAYOUT_HINTS[name].replace('<root>', root)}") from err
 
 
+def check_mtil(cfg: MTILConfig) -> list[str]:
+    """What can be checked without data (order, shots); returns the dataset order."""
+    order = resolve_order(cfg.order)
+    if cfg.shots is not None and (not isinstance(cfg.shots, int) or cfg.shots <= 0):
+        raise ValueError(f"mtil: shots={cfg.shots!r} must be a positive int or None")
+    return order
+
+
 def build_mtil(cfg: MTILConfig, ctx: StreamContext) -> CLIPBenchmark:
     """MTIL: one experience (and task label) per dataset, global class ids, per-dataset prompts."""
     from avalanche.benchmarks import nc_benchmark
 
-    order = resolve_order(cfg.order)
-    if cfg.shots is not None and (not isinstance(cfg.shots, int) or cfg.shots <= 0):
-        raise ValueError(f"mtil: shots={cfg.shots!r} must be a positive int or None")
+    order = check_mtil(cfg)
     if cfg.templates not in ("all", "first"):
         raise ValueError(f"mtil: templates={cfg.templates!r} must be 'all' or 'first'")
     trains, tests, names, prompts, exp_classes = [], [], [], [], []

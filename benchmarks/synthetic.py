@@ -58,11 +58,16 @@ def class_names(n_classes: int) -> list[str]:
     return [_NAMES[i % len(_NAMES)] + ("" if i < len(_NAMES) else f" {i // len(_NAMES)}") for i in range(n_classes)]
 
 
-def build_synthetic(cfg: SyntheticStreamConfig, ctx: StreamContext) -> CLIPBenchmark:
-    """Class-incremental stream of ``cfg.n_experiences`` equal steps over random-pattern classes."""
+def check_synthetic(cfg: SyntheticStreamConfig) -> None:
+    """What can be checked without data: the classes divide into the experiences."""
     if cfg.n_classes % cfg.n_experiences:
         raise ValueError(f"synthetic stream: n_classes={cfg.n_classes} is not divisible by "
                          f"n_experiences={cfg.n_experiences}")
+
+
+def build_synthetic(cfg: SyntheticStreamConfig, ctx: StreamContext) -> CLIPBenchmark:
+    """Class-incremental stream of ``cfg.n_experiences`` equal steps over random-pattern classes."""
+    check_synthetic(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     size = ctx.image_size
     patterns = torch.randn((cfg.n_classes, 3, size, size), generator=gen)  # (C, 3, H, W)

@@ -117,10 +117,15 @@ def tiny_val_files(folder: str, wnids: list[str]) -> ImageFileDataset:
     return ImageFileDataset(paths, targets)
 
 
+def check_split_tinyimagenet(cfg: SplitTinyImageNetConfig) -> tuple[list[int], list[int]]:
+    """What can be checked without data (initial + k*increment tiles 200, class order)."""
+    sizes = step_sizes(200, cfg.initial, cfg.increment, "split_tinyimagenet")
+    return sizes, resolve_class_order(cfg.class_order, 200, TINY_ORDER_1993, "split_tinyimagenet")
+
+
 def build_split_tinyimagenet(cfg: SplitTinyImageNetConfig, ctx: StreamContext) -> CLIPBenchmark:
     """Split TinyImageNet: ``initial`` classes, then ``increment`` per step, in the configured order."""
-    sizes = step_sizes(200, cfg.initial, cfg.increment, "split_tinyimagenet")
-    order = resolve_class_order(cfg.class_order, 200, TINY_ORDER_1993, "split_tinyimagenet")
+    sizes, order = check_split_tinyimagenet(cfg)
     templates = resolve_templates(cfg.templates)
     folder = ensure_tinyimagenet(ctx.data_root, ctx.download)
     wnids, names = read_tiny_classes(folder)
