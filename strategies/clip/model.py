@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .text import encode_text
 from .units import UnitKey, UnitsConfig, inject_units, tower_modules
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,8 @@ class CLIPClassifier(nn.Module):
     def _encode_prompts(self, class_ids: list[int]) -> torch.Tensor:
         prompts = [p for c in class_ids for p in self.class_prompts[c]]
         counts = torch.tensor([len(self.class_prompts[c]) for c in class_ids], device=self.device)
-        tokens = self.tokenizer(prompts).to(self.device)  # (P, L)
-        feats = F.normalize(self.clip.encode_text(tokens), dim=-1)  # (P, D)
+        tokens = self.tokenizer(prompts)  # (P, L) on the host: cut to the prompts' length there
+        feats = F.normalize(encode_text(self.clip, tokens, self.device), dim=-1)  # (P, D)
         owner = torch.repeat_interleave(torch.arange(len(class_ids), device=self.device), counts)  # (P,)
         mean = torch.zeros(len(class_ids), feats.shape[1], device=self.device, dtype=feats.dtype)
         mean = mean.index_add(0, owner, feats) / counts[:, None]  # (C, D)
