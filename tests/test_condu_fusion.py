@@ -339,18 +339,34 @@ def test_storage_report_hand_numbers() -> None:
 
 
 def test_class_prototypes_formula_and_class_without_images() -> None:
+    # official code: the template mean t_k enters un-normalised (here |t_k| = 0.6, 1.5, 3)
     gen = torch.Generator().manual_seed(5)
     img = torch.randn(6, 4, generator=gen)
     labels = T([10, 12, 10, 12, 12, 10])
-    text = F.normalize(torch.randn(3, 4, generator=gen), dim=-1)
-    protos = class_prototypes(img, labels, 3.0 * text, classes=[12, 10, 11])  # 11 has no images
-    torch.testing.assert_close(protos[2], text[2])
+    unit = F.normalize(torch.randn(3, 4, generator=gen), dim=-1)
+    text = unit * T([[0.6], [1.5], [3.0]])
+    protos = class_prototypes(img, labels, text, classes=[12, 10, 11])  # 11 has no images
+    torch.testing.assert_close(protos[2], unit[2])
     img_n = F.normalize(img, dim=-1)
-    expected_12 = F.normalize((img_n[[1, 3, 4]].mean(0) + text[0]) / 2, dim=0)
+    expected_12 = F.normalize((img_n[[1, 3, 4]].mean(0) + 0.6 * unit[0]) / 2, dim=0)
     torch.testing.assert_close(protos[0], expected_12)
     torch.testing.assert_close(protos.norm(dim=-1), torch.ones(3))
+    assert (protos[0] - F.normalize((img_n[[1, 3, 4]].mean(0) + unit[0]) / 2, dim=0)).abs().max() > 1e-2
     with pytest.raises(ValueError, match="13"):
         class_prototypes(img, T([10, 12, 13, 12, 12, 10]), text, classes=[12, 10, 11])
+
+
+def test_class_prototypes_with_normalized_text_option() -> None:
+    # prototype_text: normalized (the project's former behaviour): normalize(t_k) enters the mean
+    img = T([[2.0, 0.0], [0.0, 1.0]])
+    text = T([[0.0, 0.5], [0.0, 0.5]])  # a template mean of norm 0.5 for both classes
+    labels = T([0, 1])
+    # class 0: image e1, text e2 -> normalize((e1 + e2) / 2) = (1, 1)/√2; un-normalised: (1, .5)/|.|
+    normed = class_prototypes(img, labels, text, classes=[0, 1], normalize_text=True)
+    torch.testing.assert_close(normed[0], T([2**-0.5, 2**-0.5]))
+    official = class_prototypes(img, labels, text, classes=[0, 1])
+    torch.testing.assert_close(official[0], T([1.0, 0.5]) / 1.25**0.5)
+    torch.testing.assert_close(official[1], normed[1])  # image and text both along e2: same direction
 
 
 def test_task_scores_hand_example() -> None:

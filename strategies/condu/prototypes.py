@@ -38,13 +38,17 @@ def _class_rows(labels: Tensor, classes: list[int]) -> Tensor:
 
 
 def class_prototypes(
-    image_features: Tensor, labels: Tensor, text_features: Tensor, classes: list[int]
+    image_features: Tensor, labels: Tensor, text_features: Tensor, classes: list[int],
+    normalize_text: bool = False,
 ) -> Tensor:
     """Prototypes of one task (condu.md "Prototypes"), float32 (C, D), row c for class ``classes[c]``:
 
-    P_k = normalize((mean_{n: y_n = k} normalize(f_img(x_n)) + normalize(t_k)) / 2),
-    t_k the text feature of class k already averaged over templates (normalised here, as CLIP's
-    zero-shot classifier does); a class without images gets normalize(t_k) alone.
+    P_k = normalize((mean_{n: y_n = k} normalize(f_img(x_n)) + t_k) / 2),
+    t_k the mean over templates of the normalised template features of class k, taken as given —
+    NOT re-normalised, as in the official code (src/models/finetune.py), so |t_k| < 1 when the
+    templates disagree and the image half weighs more. ``normalize_text=True`` uses normalize(t_k)
+    instead (CLIP's zero-shot classifier vector; this project's behaviour before the fidelity fix).
+    A class without images gets normalize(t_k) alone, in both cases.
     """
     if image_features.dim() != 2 or labels.shape != image_features.shape[:1]:
         raise ValueError(f"class_prototypes: need image_features (N, D) and labels (N,), got "
@@ -54,7 +58,9 @@ def class_prototypes(
         raise ValueError(f"class_prototypes: text_features must be {want}, got {tuple(text_features.shape)}")
     rows = _class_rows(labels, classes)  # (N,)
     img = F.normalize(image_features.float(), dim=-1)  # (N, D)
-    txt = F.normalize(text_features.float().to(img.device), dim=-1)  # (C, D)
+    txt = text_features.float().to(img.device)  # (C, D)
+    if normalize_text:
+        txt = F.normalize(txt, dim=-1)
     sums = torch.zeros_like(txt).index_add_(0, rows.to(img.device), img)  # (C, D)
     counts = torch.bincount(rows.to(img.device), minlength=len(classes)).unsqueeze(1)  # (C, 1)
     mixed = (sums / counts.clamp(min=1) + txt) / 2  # (C, D)
