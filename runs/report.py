@@ -1,42 +1,51 @@
-"""Suite report: tables and plots from the ``metrics.json`` of every run folder of a suite.
+"""Suite report: tables and plots from the run folders of a suite.
 
-A run record is the dict stored in ``<suite_dir>/<run_folder>/metrics.json``::
+A suite folder ``<output_dir>/<suite>/`` holds one folder per run × seed (``<run>-seed<k>/``) with
+``metrics.json`` (finished) or ``failed.json`` (failed), and ``config.yaml`` (the resolved run).
+Folders whose name starts with a dot (``.superseded/``) are never read. A finished record::
 
-    {"run_id": "naive-split_cifar100-s0", "name": "naive", "method": "naive",
-     "stream": "split_cifar100", "seed": 0, "protocol": "seen" | "task",
-     "pretrained": "openai" | "none" | ...,          # optional; "none" = random-init/tiny model
-     "metrics": {"avg": 0.71, "last": 0.60, "forgetting": 0.12, "bwt": -0.1, "transfer": null},
+    {"run_id": "naive-seed0", "name": "naive", "method": "naive", "stream": "split_cifar100",
+     "seed": 0, "protocol": "seen" | "task", "pretrained": "openai" | "none", "arch": "ViT-B-16",
+     "metrics": {"avg": 0.71, "last": 0.60, "forgetting": 0.12, "bwt": -0.1, "transfer": null,
+                 "zero_shot": 0.55},
      "accuracy_per_step": [0.9, 0.8, 0.7],          # after each training step
-     "experience_names": ["exp0", "exp1", "exp2"],
-     "matrix": [[...], ...],                        # matrix[i][j]: accuracy on exp j after step i
-     "zero_shot_row": [...] | null,                 # accuracy on each exp before any training
-     "wall_time_s": 12.3}
+     "experience_names": [...], "matrix": [[...], ...], "zero_shot_row": [...] | null,
+     "wall_time_s": 12.3, "wandb_id": "...", "reference": "mozo/cifar100-10/mozo" | null}
 
-Accuracies are fractions in [0, 1]; tables print them as percentages with two decimals. Runs are
-grouped by ``(name, stream)`` across seeds: mean, and sample standard deviation (n - 1) when a group
-has at least two seeds. CSV files keep raw fractions. Plots use matplotlib's object API (no pyplot,
-no global backend change), which renders PNGs with Agg.
+:func:`load_run_records` adds ``status`` ("finished" | "failed"), ``folder`` and ``config`` (the
+parsed ``config.yaml``). Failed runs appear in tables as ``failed`` — never as numbers, never in
+means. Accuracies are fractions in [0, 1]; tables print percentages with two decimals. Runs are
+grouped by ``(name, stream)`` across seeds: mean, and sample standard deviation (n − 1) with at
+least two finished seeds. Rows follow the suite's run order with zero-shot runs first. Runs naming
+a ``reference`` are compared with the published number (``runs.references``). Every file is written
+atomically (``runs.io``); plots use matplotlib's object API (no pyplot), rendered with Agg.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from matplotlib.figure import Figure
+
+from . import references as refs
+from .io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 # (key in record["metrics"], column title), in table order.
 METRICS: tuple[tuple[str, str], ...] = (
+    ("zero_shot", "Zero-shot"),
     ("avg", "Avg"),
     ("last", "Last"),
     ("forgetting", "Forgetting"),
@@ -44,38 +53,148 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("transfer", "Transfer"),
 )
 _REQUIRED = ("run_id", "name", "stream", "metrics")
+_FAILED_REQUIRED = ("run_id", "name")
+ZERO_SHOT_METHODS = ("zeroshot",)
 RANDOM_WEIGHTS_NOTE = (
     "Note: runs marked `pretrained: none` ({names}) use random-init/tiny models; "
     "their numbers check the pipeline and are not paper results."
 )
+METRIC_DEFINITIONS = {
+    "seen": (
+        "Class-incremental (accuracy over the classes seen so far): **Avg** = mean over the T steps of "
+        "the accuracy on the test samples of every experience trained so far (sample-weighted); "
+        "**Last** = that accuracy after the last step; **Forgetting** = mean over the first T−1 "
+        "experiences of (best accuracy before the last step − accuracy after it); **BWT** = mean over "
+        "them of (accuracy after the last step − accuracy right after learning it); **Zero-shot** = "
+        "accuracy of the untrained model on the whole test stream."
+    ),
+    "task": (
+        "MTIL (each dataset scored over its own classes; ZSCL's definitions, unweighted): **Transfer** "
+        "= mean over datasets 2..T of the mean accuracy of the models trained before it; **Avg** = mean "
+        "of the whole T×T matrix; **Last** = mean of the last row; **Forgetting** / **BWT** as for "
+        "class-incremental; **Zero-shot** = mean accuracy of the untrained model over the datasets."
+    ),
+}
+ZERO_SHOT_FOOTNOTE = (
+    "¹ Zero-shot CLIP is never trained: its Forgetting and BWT are not forgetting. Each later "
+    "evaluation scores an old experience against a growing label space (every class seen so far), "
+    "so its accuracy falls although the model does not change."
+)
+STATS_NOTE = "All numbers are percentages; ± is the sample standard deviation over seeds."
 
 
-# ---------------------------------------------------------------------- loading and grouping
+class RunFolderError(ValueError):
+    """A suite or run folder cannot be read; the one-line message names the folder or file."""
+
+
+# ---------------------------------------------------------------------- locating and loading
+def resolve_suite_dir(arg: str | Path) -> Path:
+    """The suite folder for a command-line argument: a suite YAML or its output folder.
+
+    For a YAML the folder is ``Path(suite.output_dir) / suite.name``. A folder that does not exist,
+    or holds no run folder, raises :class:`RunFolderError` (listing sub-folders that are suites).
+    """
+    path = Path(arg)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        from .config import load_suite  # late: config imports the registries (torch, open_clip)
+
+        suite = load_suite(path)
+        path = Path(suite.output_dir) / suite.name
+        if not path.is_dir():
+            raise RunFolderError(f"{arg}: suite '{suite.name}' has no output folder {path} yet (run it first)")
+    if not path.is_dir():
+        raise RunFolderError(f"{arg}: neither a suite YAML nor a suite output folder")
+    if not _run_folders(path):
+        inner = sorted(p.name for p in _live_dirs(path) if _run_folders(p))
+        hint = f"; its sub-folders {', '.join(inner)} are suite folders" if inner else ""
+        raise RunFolderError(f"{path}: no run folders (<run>-seed<k>/ with metrics.json or failed.json){hint}")
+    return path
+
+
+def _live_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _run_folders(folder: Path) -> list[Path]:
+    return [p for p in _live_dirs(folder) if (p / "metrics.json").is_file() or (p / "failed.json").is_file()]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"{path}: unreadable run record ({type(error).__name__}: {error})") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: a run record must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_config(folder: Path) -> dict[str, Any] | None:
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise RunFolderError(f"{path}: unreadable run config ({type(error).__name__})") from None
+    return config if isinstance(config, dict) else None
+
+
 def load_run_records(suite_dir: Path) -> list[dict[str, Any]]:
-    """Every ``<suite_dir>/*/metrics.json``, in folder-name order (folders without one are skipped)."""
+    """One record per live run folder, in folder-name order: finished ones (``metrics.json``) and
+    failed ones (``failed.json``; ``metrics.json`` wins when both exist). Folders with neither and
+    dot-folders are skipped; a damaged record raises :class:`RunFolderError` naming the file."""
     suite_dir = Path(suite_dir)
     if not suite_dir.is_dir():
-        raise FileNotFoundError(f"suite folder not found: {suite_dir}")
+        raise RunFolderError(f"suite folder not found: {suite_dir}")
     records = []
-    for path in sorted(suite_dir.glob("*/metrics.json")):
-        with path.open(encoding="utf-8") as handle:
-            record = json.load(handle)
-        _check_record(record, str(path))
+    for folder in _run_folders(suite_dir):
+        finished = (folder / "metrics.json").is_file()
+        path = folder / ("metrics.json" if finished else "failed.json")
+        record = _read_json(path)
+        _check_record(record, str(path), failed=not finished)
+        record["status"] = "finished" if finished else "failed"
+        record["folder"] = str(folder)
+        if "config" not in record:
+            record["config"] = _read_config(folder)
         records.append(record)
     log.info("loaded %d run records from %s", len(records), suite_dir)
     return records
 
 
-def _check_record(record: Any, where: str) -> None:
+def _check_record(record: Any, where: str, failed: bool = False) -> None:
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: a run record must be a JSON object, got {type(record).__name__}")
-    missing = [key for key in _REQUIRED if key not in record]
+        raise RunFolderError(f"{where}: a run record must be a JSON object, got {type(record).__name__}")
+    failed = failed or record.get("status") == "failed"
+    missing = [key for key in (_FAILED_REQUIRED if failed else _REQUIRED) if key not in record]
     if missing:
-        raise ValueError(f"{where}: run record lacks {', '.join(missing)}")
-    if not isinstance(record["metrics"], dict):
-        raise ValueError(f"{where}: 'metrics' must be an object")
+        raise RunFolderError(f"{where}: run record lacks {', '.join(missing)}")
+    if not failed and not isinstance(record["metrics"], dict):
+        raise RunFolderError(f"{where}: 'metrics' must be an object")
 
 
+def is_finished(record: Mapping[str, Any]) -> bool:
+    return record.get("status", "finished") == "finished"
+
+
+def reference_of(record: Mapping[str, Any]) -> str | None:
+    """The run's ``reference`` key: from the record, else from its resolved config."""
+    key = record.get("reference")
+    config = record.get("config")
+    if key is None and isinstance(config, Mapping):
+        key = config.get("reference")
+    return str(key) if key else None
+
+
+def is_random_weights(record: Mapping[str, Any]) -> bool:
+    config = record.get("config")
+    pretrained = record.get("pretrained")
+    if pretrained is None and isinstance(config, Mapping):
+        pretrained = refs.config_value(config, "model.pretrained")
+    return str(pretrained) == "none"
+
+
+# ---------------------------------------------------------------------- grouping
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
     """Mean over the present values; sample std only when at least two are present."""
     present = [float(v) for v in values if v is not None]
@@ -98,35 +217,63 @@ def _mean_curve(curves: list[list[float]]) -> tuple[list[float], list[float] | N
     return stacked.mean(axis=0).tolist(), std
 
 
-def summarize_runs(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One summary per ``(name, stream)`` in order of first appearance.
+def _zero_shot_point(record: Mapping[str, Any]) -> float | None:
+    """Accuracy before training on the first experience: step 0 of the per-step curve."""
+    row = record.get("zero_shot_row") or []
+    return None if not row or row[0] is None else float(row[0])
 
-    Each has ``name, method, stream, protocol, pretrained, seeds, n_seeds, wall_time_s`` (mean),
-    ``<metric>_mean`` / ``<metric>_std`` for every metric, and ``accuracy_per_step_mean``/``_std``.
+
+def _sort_key(summary: dict[str, Any], order: Sequence[str] | None, index: int) -> tuple[int, int]:
+    zero_shot = 0 if summary["method"] in ZERO_SHOT_METHODS else 1
+    if order is not None and summary["name"] in order:
+        return zero_shot, list(order).index(summary["name"])
+    return zero_shot, (len(order) if order is not None else 0) + index
+
+
+def summarize_runs(records: Sequence[dict[str, Any]], *, run_order: Sequence[str] | None = None
+                   ) -> list[dict[str, Any]]:
+    """One summary per ``(name, stream)``: zero-shot runs first, then ``run_order`` (the suite's
+    order of run names), then first appearance.
+
+    Each has ``name, method, stream, protocol, pretrained, arch, reference, seeds`` (finished),
+    ``n_seeds``, ``failed_seeds``, ``n_failed``, ``random_weights``, ``wall_time_s`` (mean),
+    ``<metric>_mean`` / ``<metric>_std`` over finished seeds, ``accuracy_per_step_mean``/``_std``,
+    ``zero_shot_point`` (mean accuracy on the first experience before training) and ``records``.
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in records:
         _check_record(record, f"run {record.get('run_id', '?')}" if isinstance(record, dict) else "run")
-        groups.setdefault((record["name"], record["stream"]), []).append(record)
-    summaries = []
-    for (name, stream), runs in groups.items():
-        summary: dict[str, Any] = {
-            "name": name,
-            "method": runs[0].get("method", name),
-            "stream": stream,
-            "protocol": runs[0].get("protocol"),
-            "pretrained": runs[0].get("pretrained"),
-            "seeds": [run.get("seed") for run in runs],
-            "n_seeds": len(runs),
-            "wall_time_s": _mean_std([run.get("wall_time_s") for run in runs])[0],
-        }
-        for key, _ in METRICS:
-            mean, std = _mean_std([run["metrics"].get(key) for run in runs])
-            summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
-        curve, curve_std = _mean_curve([list(run.get("accuracy_per_step") or []) for run in runs])
-        summary["accuracy_per_step_mean"], summary["accuracy_per_step_std"] = curve, curve_std
-        summaries.append(summary)
-    return summaries
+        groups.setdefault((record["name"], str(record.get("stream", "?"))), []).append(record)
+    summaries = [_summary(name, stream, runs) for (name, stream), runs in groups.items()]
+    keyed = sorted(enumerate(summaries), key=lambda item: _sort_key(item[1], run_order, item[0]))
+    return [summary for _, summary in keyed]
+
+
+def _summary(name: str, stream: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    done = [run for run in runs if is_finished(run)]
+    first = (done or runs)[0]
+    summary: dict[str, Any] = {
+        "name": name, "method": first.get("method", name), "stream": stream,
+        "protocol": first.get("protocol"), "pretrained": first.get("pretrained"), "arch": first.get("arch"),
+        "reference": reference_of(first), "random_weights": any(is_random_weights(r) for r in runs),
+        "seeds": [run.get("seed") for run in done], "n_seeds": len(done),
+        "failed_seeds": [run.get("seed") for run in runs if not is_finished(run)],
+        "wall_time_s": _mean_std([run.get("wall_time_s") for run in done])[0], "records": runs,
+    }
+    summary["n_failed"] = len(summary["failed_seeds"])
+    for key, _ in METRICS:
+        mean, std = _mean_std([run["metrics"].get(key) for run in done])
+        summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
+    curve, curve_std = _mean_curve([list(run.get("accuracy_per_step") or []) for run in done])
+    summary["accuracy_per_step_mean"], summary["accuracy_per_step_std"] = curve, curve_std
+    summary["zero_shot_point"] = _mean_std([_zero_shot_point(run) for run in done])[0]
+    return summary
+
+
+def compare_with_references(summaries: Sequence[dict[str, Any]],
+                            references: Mapping[str, refs.Reference] | None = None) -> list[refs.Comparison]:
+    """A :class:`runs.references.Comparison` for every run group that names a reference."""
+    return [refs.compare(s["name"], s["reference"], s["records"], references) for s in summaries if s["reference"]]
 
 
 # ---------------------------------------------------------------------- Markdown
@@ -141,71 +288,204 @@ def _present_metrics(summaries: Sequence[dict[str, Any]]) -> list[tuple[str, str
     return [(key, title) for key, title in METRICS if any(s[f"{key}_mean"] is not None for s in summaries)]
 
 
-def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of the run groups (mean ± std over seeds, in %), plus the random-weights note."""
-    summaries = summarize_runs(records)
+def _model_cell(s: dict[str, Any]) -> str:
+    arch = s["arch"] or "?"
+    return f"{arch}, random weights" if s["random_weights"] else f"{arch}/{s['pretrained'] or '?'}"
+
+
+def _seeds_cell(s: dict[str, Any]) -> str:
+    return f"{s['n_seeds']} + {s['n_failed']} failed" if s["n_failed"] else str(s["n_seeds"])
+
+
+def _needs_zero_shot_footnote(s: dict[str, Any]) -> bool:
+    return s["method"] in ZERO_SHOT_METHODS and s["protocol"] == "seen" and bool(s["forgetting_mean"])
+
+
+def table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the suite table (also used by the W&B Report outline)."""
+    metrics = _present_metrics(summaries)
+    header = ["Run", "Method", "Stream", "Model", "Seeds", *[title for _, title in metrics]]
+    rows = []
+    for s in summaries:
+        cells = [s["name"], str(s["method"]), s["stream"], _model_cell(s), _seeds_cell(s)]
+        if not s["n_seeds"]:
+            cells += ["failed"] * len(metrics)
+        else:
+            for key, _ in metrics:
+                cell = _percent(s[f"{key}_mean"], s[f"{key}_std"])
+                if key in ("forgetting", "bwt") and _needs_zero_shot_footnote(s):
+                    cell += " ¹"
+                cells.append(cell)
+        rows.append(cells)
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]], n_left: int) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * n_left + ["---:"] * (len(header) - n_left)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return lines
+
+
+def format_comparisons(comparisons: Sequence[refs.Comparison]) -> str:
+    """Markdown: measured, published and difference per compared metric; why not, for the others."""
+    if not comparisons:
+        return ""
+    header = ["Run", "Reference", "Metric", "Measured", "Published", "Difference", "Source"]
+    rows, skipped = [], []
+    for c in comparisons:
+        if not c.compared:
+            skipped.append(f"- {c.run} → `{c.key}`: not compared: {c.reason}.")
+            continue
+        if c.reference is None:  # compared implies a known reference
+            continue
+        source = c.reference.source + (f"; conflicts with {', '.join(c.reference.conflicts_with)}"
+                                        if c.reference.conflicts_with else "")
+        for metric, measured, published, diff in c.rows:
+            rows.append([c.run, f"`{c.key}`", dict(METRICS).get(metric, metric), f"{measured:.2f}",
+                         f"{published:.2f}", f"{diff:+.2f}", source])
+    lines = ["", "**Published numbers** (difference = measured − published, percentage points)", ""]
+    if rows:
+        lines += _markdown_table(header, rows, 3)
+    return "\n".join(lines + ([""] if rows and skipped else []) + skipped) + "\n"
+
+
+def _notes(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    notes = []
+    if any(_needs_zero_shot_footnote(s) for s in summaries):
+        notes.append(ZERO_SHOT_FOOTNOTE)
+    failed = [f"{s['name']} (seeds {', '.join(map(str, s['failed_seeds']))})" for s in summaries if s["n_failed"]]
+    if failed:
+        notes.append(f"Failed runs, shown as `failed` and left out of every mean: {'; '.join(failed)} "
+                     "(see their failed.json).")
+    protocols = [p for p in METRIC_DEFINITIONS if any(s["protocol"] == p for s in summaries)]
+    notes += [METRIC_DEFINITIONS[p] for p in protocols] + [STATS_NOTE]
+    random_init = [f"{s['name']} on {s['stream']}" for s in summaries if s["random_weights"]]
+    if random_init:
+        notes.append(RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_init)))
+    return notes
+
+
+def format_table(records: Sequence[dict[str, Any]], *, run_order: Sequence[str] | None = None,
+                 references: Mapping[str, refs.Reference] | None = None) -> str:
+    """Markdown suite table (mean ± std over seeds, in %), its notes and metric definitions, and
+    the comparison with published numbers for runs that name a reference."""
+    summaries = summarize_runs(records, run_order=run_order)
     if not summaries:
         return "_No runs._\n"
-    metrics = _present_metrics(summaries)
-    header = ["Run", "Method", "Stream", "Seeds", *[title for _, title in metrics]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(metrics)) + "|"]
-    for s in summaries:
-        cells = [s["name"], s["method"], s["stream"], str(s["n_seeds"])]
-        cells += [_percent(s[f"{key}_mean"], s[f"{key}_std"]) for key, _ in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    random_init = list(dict.fromkeys(f"{r['name']} on {r['stream']}" for r in records
-                                     if r.get("pretrained") == "none"))
-    if random_init:
-        text += "\n" + RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_init)) + "\n"
-    return text
+    header, rows = table_rows(summaries)
+    lines = _markdown_table(header, rows, 5)
+    text = "\n".join(lines) + "\n\n" + "\n\n".join(_notes(summaries)) + "\n"
+    return text + format_comparisons(compare_with_references(summaries, references))
 
 
 # ---------------------------------------------------------------------- CSV
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
+def _csv_text(columns: list[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
+    return buffer.getvalue()
 
 
-def _write_group_csv(path: Path, summaries: list[dict[str, Any]]) -> None:
-    columns = ["name", "method", "stream", "protocol", "pretrained", "n_seeds", "seeds"]
+def _group_csv(summaries: list[dict[str, Any]]) -> str:
+    columns = ["name", "method", "stream", "protocol", "arch", "pretrained", "n_seeds", "seeds", "n_failed",
+               "reference"]
     columns += [f"{key}_{stat}" for key, _ in METRICS for stat in ("mean", "std")] + ["wall_time_s"]
     rows = [{**s, "seeds": " ".join(str(seed) for seed in s["seeds"])} for s in summaries]
-    _write_csv(path, columns, rows)
+    return _csv_text(columns, rows)
 
 
-def _write_runs_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    columns = ["run_id", "name", "method", "stream", "protocol", "pretrained", "seed"]
-    columns += [key for key, _ in METRICS] + ["wall_time_s"]
-    rows = [{**{k: r.get(k) for k in columns}, **{key: r["metrics"].get(key) for key, _ in METRICS}}
-            for r in records]
-    _write_csv(path, columns, rows)
+def _runs_csv(records: Sequence[dict[str, Any]]) -> str:
+    columns = ["run_id", "name", "method", "stream", "protocol", "arch", "pretrained", "seed", "status"]
+    columns += [key for key, _ in METRICS] + ["wall_time_s", "wandb_id", "reason"]
+    rows = [{**{k: r.get(k) for k in columns}, "status": r.get("status", "finished"),
+             **{key: (r.get("metrics") or {}).get(key) for key, _ in METRICS}} for r in records]
+    return _csv_text(columns, rows)
+
+
+def _references_csv(comparisons: Sequence[refs.Comparison]) -> str:
+    columns = ["run", "reference", "compared", "reason", "metric", "measured", "published", "difference", "source"]
+    rows: list[dict[str, Any]] = []
+    for c in comparisons:
+        source = c.reference.source if c.reference else ""
+        base = {"run": c.run, "reference": c.key, "compared": c.compared, "reason": c.reason, "source": source}
+        rows += [base | dict(zip(columns[4:8], row, strict=True)) for row in c.rows] or [base]
+    return _csv_text(columns, rows)
 
 
 # ---------------------------------------------------------------------- plots
-def plot_accuracy_per_step(summaries: Sequence[dict[str, Any]], path: Path) -> Path:
-    """One subplot per stream, one line per run group: accuracy (%) after each training step."""
+RANDOM_MARK = "RANDOM WEIGHTS — pipeline check, not paper results"
+
+
+def _mark_random(figure: Figure) -> None:
+    """A visible diagonal watermark plus a red footer line."""
+    figure.text(0.5, 0.5, "RANDOM WEIGHTS", fontsize=28, color="red", alpha=0.18, rotation=25,
+                ha="center", va="center")
+    figure.text(0.5, 0.005, RANDOM_MARK, fontsize=9, color="red", ha="center", va="bottom")
+
+
+def accuracy_figure(summaries: Sequence[dict[str, Any]], *, suite: str | None = None) -> Figure:
+    """One subplot per stream, one line per run group: step 0 = before training (zero-shot accuracy
+    on the first experience), step i = accuracy on the experiences trained so far after step i."""
     streams = list(dict.fromkeys(s["stream"] for s in summaries))
-    figure = Figure(figsize=(5 * len(streams), 4), layout="constrained")
+    figure = Figure(figsize=(5 * len(streams), 4.4), layout="constrained")
     axes = figure.subplots(1, len(streams), squeeze=False)[0]
     for ax, stream in zip(axes, streams, strict=True):
         for s in (s for s in summaries if s["stream"] == stream and s["accuracy_per_step_mean"]):
             mean = 100 * np.asarray(s["accuracy_per_step_mean"])  # (steps,)
             steps = np.arange(1, len(mean) + 1)
+            std = None if s["accuracy_per_step_std"] is None else 100 * np.asarray(s["accuracy_per_step_std"])
+            if s["zero_shot_point"] is not None:
+                mean, steps = np.r_[100 * s["zero_shot_point"], mean], np.r_[0, steps]
+                std = None if std is None else np.r_[0.0, std]
             (line,) = ax.plot(steps, mean, marker="o", label=f"{s['name']} (n={s['n_seeds']})")
-            if s["accuracy_per_step_std"] is not None:
-                std = 100 * np.asarray(s["accuracy_per_step_std"])
+            if std is not None:
                 ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        ax.set(title=stream, xlabel="training step", ylabel="accuracy (%)")
+        ax.set(title=stream, xlabel="training step (0 = before training)", ylabel="accuracy on seen experiences (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
-    return path
+    figure.suptitle(f"{suite or 'suite'}: accuracy per step")
+    if any(s["random_weights"] for s in summaries):
+        _mark_random(figure)
+    return figure
+
+
+def matrix_figure(record: dict[str, Any], *, suite: str | None = None) -> Figure:
+    """Heatmap of ``matrix`` (row i: after step i; column j: experience j), cells annotated in %."""
+    values, row_labels, col_labels = _matrix_values(record)
+    n_rows, n_cols = values.shape
+    figure = Figure(figsize=(1.0 + 0.6 * max(n_cols, 4), 1.4 + 0.5 * max(n_rows, 3)), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    figure.colorbar(image, ax=ax, label="accuracy (%)")
+    ax.set_xticks(range(n_cols), col_labels, rotation=45, ha="right")
+    ax.set_yticks(range(n_rows), row_labels)
+    ax.set(xlabel="evaluated on", ylabel="trained up to", title=f"{suite or 'suite'}: {record['run_id']}")
+    if values.size <= 400:  # annotations stay legible up to about 20 x 20
+        for (i, j), v in np.ndenumerate(values):
+            text = "–" if math.isnan(v) else f"{v:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+    if is_random_weights(record):
+        _mark_random(figure)
+    return figure
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_accuracy_per_step(summaries: Sequence[dict[str, Any]], path: Path, *, suite: str | None = None) -> Path:
+    return _save(accuracy_figure(summaries, suite=suite), Path(path))
+
+
+def plot_matrix(record: dict[str, Any], path: Path, *, suite: str | None = None) -> Path:
+    return _save(matrix_figure(record, suite=suite), Path(path))
 
 
 def _matrix_labels(record: dict[str, Any], n_rows: int, n_cols: int) -> tuple[list[str], list[str]]:
@@ -228,63 +508,60 @@ def _matrix_values(record: dict[str, Any]) -> tuple[np.ndarray, list[str], list[
     return values, (["zero-shot"] if zero_shot else []) + row_labels, col_labels
 
 
-def plot_matrix(record: dict[str, Any], path: Path) -> Path:
-    """Heatmap of ``matrix`` (row i: after step i; column j: experience j), cells annotated in %."""
-    values, row_labels, col_labels = _matrix_values(record)
-    n_rows, n_cols = values.shape
-    figure = Figure(figsize=(1.0 + 0.6 * max(n_cols, 4), 1.0 + 0.5 * max(n_rows, 3)), layout="constrained")
-    ax = figure.subplots()
-    image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-    figure.colorbar(image, ax=ax, label="accuracy (%)")
-    ax.set_xticks(range(n_cols), col_labels, rotation=45, ha="right")
-    ax.set_yticks(range(n_rows), row_labels)
-    ax.set(xlabel="evaluated on", ylabel="trained up to", title=str(record["run_id"]))
-    if values.size <= 400:  # annotations stay legible up to about 20 x 20
-        for (i, j), v in np.ndenumerate(values):
-            text = "–" if math.isnan(v) else f"{v:.1f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
-    figure.savefig(path, dpi=120)
-    return path
-
-
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
+def matrix_file_name(record: Mapping[str, Any]) -> str:
+    return f"matrix_{_safe_name(str(record['run_id']))}.png"
+
+
 # ---------------------------------------------------------------------- everything
-def write_results(records: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
-    """Write ``results.md``, ``results.csv``, ``runs.csv``, ``accuracy_per_step.png`` and one
-    ``matrix_<run_id>.png`` per run with a matrix into ``out_dir``; return ``{file name: path}``."""
+def write_results(records: Sequence[dict[str, Any]], out_dir: Path, *, suite: str | None = None,
+                  run_order: Sequence[str] | None = None,
+                  references: Mapping[str, refs.Reference] | None = None) -> dict[str, Path]:
+    """Write ``results.md``, ``results.csv``, ``runs.csv``, ``references.csv`` (when a run names a
+    reference), ``accuracy_per_step.png`` and one ``matrix_<run_id>.png`` per finished run into
+    ``out_dir`` (atomically); return ``{file name: path}``. ``suite`` defaults to the folder name."""
     if not records:
         raise ValueError("write_results needs at least one run record (no metrics.json found?)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = summarize_runs(records)
-    paths: dict[str, Path] = {}
-
-    paths["results.md"] = out_dir / "results.md"
-    paths["results.md"].write_text("# Results\n\n" + format_table(records), encoding="utf-8")
-    paths["results.csv"] = out_dir / "results.csv"
-    _write_group_csv(paths["results.csv"], summaries)
-    paths["runs.csv"] = out_dir / "runs.csv"
-    _write_runs_csv(paths["runs.csv"], records)
-
+    suite = suite or out_dir.name
+    summaries = summarize_runs(records, run_order=run_order)
+    comparisons = compare_with_references(summaries, references)
+    table = format_table(records, run_order=run_order, references=references)
+    paths = {
+        "results.md": atomic_write_text(out_dir / "results.md", f"# Results: {suite}\n\n{table}"),
+        "results.csv": atomic_write_text(out_dir / "results.csv", _group_csv(summaries)),
+        "runs.csv": atomic_write_text(out_dir / "runs.csv", _runs_csv(records)),
+    }
+    if comparisons:
+        paths["references.csv"] = atomic_write_text(out_dir / "references.csv", _references_csv(comparisons))
     if any(s["accuracy_per_step_mean"] for s in summaries):
-        paths["accuracy_per_step.png"] = plot_accuracy_per_step(summaries, out_dir / "accuracy_per_step.png")
+        paths["accuracy_per_step.png"] = plot_accuracy_per_step(summaries, out_dir / "accuracy_per_step.png",
+                                                                suite=suite)
     for record in records:
-        if record.get("matrix"):
-            file_name = f"matrix_{_safe_name(str(record['run_id']))}.png"
-            paths[file_name] = plot_matrix(record, out_dir / file_name)
+        if is_finished(record) and record.get("matrix"):
+            name = matrix_file_name(record)
+            paths[name] = plot_matrix(record, out_dir / name, suite=suite)
     log.info("wrote %d report files to %s", len(paths), out_dir)
     return paths
 
 
 __all__ = [
     "METRICS",
+    "METRIC_DEFINITIONS",
+    "RunFolderError",
+    "accuracy_figure",
+    "compare_with_references",
     "format_table",
     "load_run_records",
+    "matrix_figure",
     "plot_accuracy_per_step",
     "plot_matrix",
+    "resolve_suite_dir",
     "summarize_runs",
+    "table_rows",
     "write_results",
 ]
