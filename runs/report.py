@@ -191,7 +191,7 @@ def is_random_weights(record: Mapping[str, Any]) -> bool:
     pretrained = record.get("pretrained")
     if pretrained is None and isinstance(config, Mapping):
         pretrained = refs.config_value(config, "model.pretrained")
-    return str(pretrained) == "none"
+    return pretrained is not refs.MISSING and str(pretrained) == "none"
 
 
 # ---------------------------------------------------------------------- grouping
@@ -249,12 +249,22 @@ def summarize_runs(records: Sequence[dict[str, Any]], *, run_order: Sequence[str
     return [summary for _, summary in keyed]
 
 
+def _model_field(record: Mapping[str, Any], key: str) -> Any:
+    """``record[key]``, else ``model.<key>`` of its resolved config (failed records lack it)."""
+    config = record.get("config")
+    if record.get(key) is None and isinstance(config, Mapping):
+        value = refs.config_value(config, f"model.{key}")
+        return None if value is refs.MISSING else value
+    return record.get(key)
+
+
 def _summary(name: str, stream: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     done = [run for run in runs if is_finished(run)]
     first = (done or runs)[0]
     summary: dict[str, Any] = {
         "name": name, "method": first.get("method", name), "stream": stream,
-        "protocol": first.get("protocol"), "pretrained": first.get("pretrained"), "arch": first.get("arch"),
+        "protocol": first.get("protocol"), "pretrained": _model_field(first, "pretrained"),
+        "arch": _model_field(first, "arch"),
         "reference": reference_of(first), "random_weights": any(is_random_weights(r) for r in runs),
         "seeds": [run.get("seed") for run in done], "n_seeds": len(done),
         "failed_seeds": [run.get("seed") for run in runs if not is_finished(run)],
@@ -320,9 +330,11 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[lis
     return header, rows
 
 
-def _markdown_table(header: list[str], rows: list[list[str]], n_left: int) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * n_left + ["---:"] * (len(header) - n_left)) + "|"]
+def _markdown_table(header: list[str], rows: list[list[str]], n_left: int, n_right: int | None = None) -> list[str]:
+    """``n_left`` left-aligned columns, then ``n_right`` (default: the rest) right-aligned, then left."""
+    n_right = len(header) - n_left if n_right is None else n_right
+    align = ["---"] * n_left + ["---:"] * n_right + ["---"] * (len(header) - n_left - n_right)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return lines
 
@@ -346,7 +358,7 @@ def format_comparisons(comparisons: Sequence[refs.Comparison]) -> str:
                          f"{published:.2f}", f"{diff:+.2f}", source])
     lines = ["", "**Published numbers** (difference = measured − published, percentage points)", ""]
     if rows:
-        lines += _markdown_table(header, rows, 3)
+        lines += _markdown_table(header, rows, 3, 3)
     return "\n".join(lines + ([""] if rows and skipped else []) + skipped) + "\n"
 
 

@@ -211,7 +211,7 @@ def check_key(key: str, references: Mapping[str, Reference] | None = None) -> Re
 
 
 # ---------------------------------------------------------------------- comparison
-_MISSING = object()
+MISSING = object()
 
 
 def config_value(config: Mapping[str, Any], dotted: str) -> Any:
@@ -219,7 +219,7 @@ def config_value(config: Mapping[str, Any], dotted: str) -> Any:
     node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
+            return MISSING
         node = node[part]
     return node
 
@@ -239,7 +239,7 @@ def mismatches(config: Mapping[str, Any], protocol: str | None, ref: Reference) 
         reasons.append(f"metric definition: protocol is {protocol}, the reference uses {ref.protocol}")
     for path, wanted in ref.requires.items():
         value = config_value(config, path)
-        if value is _MISSING:
+        if value is MISSING:
             reasons.append(f"{path} is not set, the reference needs {wanted}")
         elif not _same(value, wanted):
             reasons.append(f"{path} is {value}, the reference needs {wanted}")
@@ -287,5 +287,5 @@ def _pretrained(record: Mapping[str, Any]) -> Any:
     return config_value(config, "model.pretrained") if isinstance(config, Mapping) else None
 
 
-__all__ = ["MARKS", "Comparison", "Reference", "ReferenceTableError", "check_key", "compare", "config_value",
+__all__ = ["MARKS", "MISSING", "Comparison", "Reference", "ReferenceTableError", "check_key", "compare", "config_value",
            "load_references", "mismatches", "parse_file"]
