@@ -123,7 +123,9 @@ def _make_step(config: str, model: CLIPClassifier, x: torch.Tensor, y: torch.Ten
         return infer, 0, 0
     if config not in CONFIGS:
         raise ValueError(f"unknown configuration {config!r}; expected one of {', '.join(CONFIGS)}")
-    plugin = MoZOPlugin(model, replace(ZO_CONFIGS[config]), base_lr=LR) if config in ZO_CONFIGS else None
+    plugin = MoZOPlugin(replace(ZO_CONFIGS[config])) if config in ZO_CONFIGS else None
+    if plugin is not None:
+        plugin.attach(model)  # ZO units out of autograd before the FO optimizer is built
     fo = model.trainable_parameters()  # after the plugin took its units out of autograd
     zo = sum(p.numel() for g in plugin.groups for p in g.params) if plugin is not None else 0
     # with no FO unit the plugin still reads the lr schedule from the optimizer: a placeholder one

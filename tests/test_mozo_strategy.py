@@ -14,7 +14,7 @@ from strategies.mozo import MoZOConfig, MoZOPlugin
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.arch=clip-tiny", "model.pretrained=none", "model.units.bottleneck=16", "model.units.dropout=0.0",
+    "model.arch=clip-tiny-12l", "model.pretrained=none", "model.units.bottleneck=16", "model.units.dropout=0.0",
     "stream={name: synthetic, n_classes: 4, n_experiences: 2, train_per_class: 32, test_per_class: 8}",
     "train.batch_size=16", "train.warmup=2", "train.lr=0.01", "data_root=.",
 ]
@@ -32,6 +32,12 @@ class _Batch:
         self.loss = torch.tensor(0.0)
 
 
+def _attached(model, **options):
+    plugin = MoZOPlugin(MoZOConfig(**options))
+    plugin.attach(model)
+    return plugin
+
+
 def _unit_grads(model, keys):
     return {k: [p.grad for p in model.units[k].parameters()] for k in keys}
 
@@ -44,7 +50,7 @@ def test_mozo_step_fo_units_get_gradients_zo_units_none(tiny_model_factory, kind
             for unit in model.units.values():
                 for lora in unit.values():
                     lora.B.normal_(std=0.1)
-    plugin = MoZOPlugin(model, MoZOConfig(branch="dual", layers="hop-even"), base_lr=0.01)
+    plugin = _attached(model, branch="dual", layers="hop-even")
     # 1-based hop-even on 2-layer towers: layer 2 (index 1) of each tower is ZO
     assert plugin.zo_keys == {("vision", 1), ("language", 1)}
     assert plugin.fo_keys == {("vision", 0), ("language", 0)}
@@ -66,7 +72,7 @@ def test_mozo_step_fo_units_get_gradients_zo_units_none(tiny_model_factory, kind
 
 def test_dual_zo_step_builds_no_autograd_graph(tiny_model_factory):
     model = tiny_model_factory("moe").train()
-    MoZOPlugin(model, MoZOConfig(branch="dual", layers="all"), base_lr=0.01)
+    _attached(model, branch="dual", layers="all")
     assert not any(p.requires_grad for p in model.parameters())
     logits = model(torch.randn(2, 3, 32, 32))
     assert logits.grad_fn is None and not logits.requires_grad
@@ -74,7 +80,7 @@ def test_dual_zo_step_builds_no_autograd_graph(tiny_model_factory):
 
 def test_language_zo_reuses_image_features_across_probes(tiny_model_factory, monkeypatch):
     model = tiny_model_factory("moe", dropout=0.0).train()
-    plugin = MoZOPlugin(model, MoZOConfig(branch="language", layers="all", queries=2), base_lr=0.01)
+    plugin = _attached(model, branch="language", layers="all", queries=2)
     calls = {"image": 0}
     original = model.encode_image
 
@@ -89,7 +95,7 @@ def test_language_zo_reuses_image_features_across_probes(tiny_model_factory, mon
 
 def test_conservative_mozo_step_never_increases_minibatch_loss(tiny_model_factory):
     model = tiny_model_factory("moe", dropout=0.0).eval()
-    plugin = MoZOPlugin(model, MoZOConfig(branch="dual", layers="all"), base_lr=0.05)
+    plugin = _attached(model, branch="dual", layers="all")
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
     batch = _Batch(model, x, y, lr=0.05)
     for _ in range(6):

@@ -1,32 +1,53 @@
 """MoZO's plugin: a zeroth-order update of the selected units next to the first-order step.
 
-Before training, the units chosen by the selector (branch × layers) are taken out of autograd;
-the others stay first-order (FO) and are updated by the strategy's optimizer. At every iteration,
-after the FO backward and before the FO optimizer step (so both updates are estimated at the same
-θ), the plugin runs one ZO step over the ZO units (MoZO §3): per-branch ε (ε_vision < ε_language),
-sign-normalised estimate, conservative candidate selection. The plugin can be attached to any
-Avalanche strategy whose model is a :class:`~strategies.clip.CLIPClassifier`.
+Works on any Avalanche ``SupervisedTemplate`` whose model is a :class:`~strategies.clip.CLIPClassifier`
+(``Naive(model, optimizer, plugins=[MoZOPlugin(branch="dual", layers="all")])`` included). At
+``before_training`` the units chosen by the selector (branch × layers) are taken out of autograd;
+the others stay first-order (FO) and are updated by the strategy's optimizer (which may have been
+built before: Avalanche re-collects the parameters, and parameters without a gradient are skipped).
+At every iteration, after the FO backward and before the FO optimizer step (so both updates are
+estimated at the same θ), the plugin runs one ZO step over the ZO units (MoZO §3): per-branch ε
+(ε_vision < ε_language), sign-normalised estimate, conservative candidate selection.
 
-Choices where the paper is silent (documented in the README):
-- ZO learning rate: ``zo_lr`` (default = the FO peak lr), following the FO warm-up + cosine
-  schedule (scaled by the optimizer's current lr / peak lr);
-- mixing ratio λ (``mix``): the ZO update is applied with step ``λ·zo_lr``; λ = 1 applies both;
+Choices where the paper is silent (documented in the README, "Fidelity / MoZO"):
+- ZO learning rate: the optimizer's *current* lr (so it follows whatever schedule drives the
+  optimizer), or ``zo_lr`` × current lr / base lr, the base lr being the optimizer's initial lr read
+  at the first ``before_training``; ``mix`` (λ) multiplies it;
+- model randomness (dropout, router noise): one model seed per step drawn independently of the
+  direction seed, shared by every probe and candidate of the step; each tower gets its own stream
+  (seed, seed + 1), so a tower's features are the same whether or not the other tower is recomputed;
+- ``vision_perturbation``: how "constrain the vision perturbation" is read (see :class:`MoZOConfig`);
+- other plugins' penalties: with ``penalties`` (default) every ZO loss evaluation replays the
+  ``before_backward`` of Avalanche's LwF / EWC / SI / MAS plugins attached to the strategy, so the
+  ZO units minimise the same objective as the FO units; other plugins that touch ``before_backward``
+  are not replayed (they may sample buffers or run extra passes) and a warning says so;
+- a step with no FO unit (Dual, all layers) builds no autograd graph; the loss gets a zero term
+  with a gradient so that any template's ``backward`` runs;
 - per-step figures (ZO loss, projected gradient, accepted candidate) are published through the
   strategy's evaluator, so every logger (W&B included) gets them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metric_results import MetricValue
+from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin, MASPlugin, SynapticIntelligencePlugin
 
 from ..clip import CLIPClassifier, UnitKey
-from .selector import select_zo_units
-from .zo import ZOGroup, ZOStepResult, zo_step
+from .selector import BRANCHES, select_zo_units
+from .zo import LossFn, ZOGroup, ZOStepResult, seeded, zo_step
+
+logger = logging.getLogger(__name__)
+
+# before_backward only adds a penalty computed from (model, mb_x, mb_output): safe to replay per probe
+PENALTY_PLUGINS: tuple[type, ...] = (LwFPlugin, EWCPlugin, SynapticIntelligencePlugin, MASPlugin)
+VISION_PERTURBATIONS: tuple[str, ...] = ("joint", "per_tower", "scaled")
 
 
 @dataclass
@@ -36,70 +57,198 @@ class MoZOConfig:
     one_based: bool = True  # layer numbers (hop-odd/even, lists) count from 1, as the paper's tables
     eps_language: float = 1e-3  # ZO perturbation radius ε_l of language units (paper's ZO default)
     eps_vision: float = 5e-4  # ε_v < ε_l: the vision branch's ZO estimate has higher variance
-    zo_lr: float | None = None  # ZO step size; None = the FO learning rate (train.lr)
+    # joint: one probe over both towers (paper's literal reading); per_tower: each tower's estimate
+    # from its own probe pair; scaled: joint probe, vision update × ε_v/ε_l (README: Fidelity / MoZO)
+    vision_perturbation: Literal["joint", "per_tower", "scaled"] = "joint"
+    zo_lr: float | None = None  # ZO step size at the base lr; None = the optimizer's current lr
     queries: int = 1  # q: random directions averaged per ZO estimate
     two_sided: bool = True  # (L(θ+εz) − L(θ−εz))/2ε, else one-sided (L(θ+εz) − L(θ))/ε
     sign: Literal["scalar", "elementwise", "none"] = "scalar"  # sign normalisation of the estimate
     candidate: Literal["conservative", "aggressive"] = "conservative"  # keep best of θ, θ∓ηĝ / apply ĝ
-    mix: float = 1.0  # λ: ZO step = λ · zo_lr (1 = FO and ZO updates both applied each step)
+    mix: float = 1.0  # λ: ZO step = λ · ZO lr (1 = FO and ZO updates both applied each step)
     zo_weight_decay: float = 0.0  # decoupled weight decay on accepted ZO moves (matrices only)
+    penalties: bool = True  # ZO losses include LwF / EWC / SI / MAS penalties of attached plugins
     log_every: int = 1  # publish ZO figures every this many iterations
+
+    def __post_init__(self) -> None:
+        choices = {"branch": BRANCHES, "vision_perturbation": VISION_PERTURBATIONS,
+                   "sign": ("scalar", "elementwise", "none"), "candidate": ("conservative", "aggressive")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"MoZO {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        positive = {"eps_language": self.eps_language, "eps_vision": self.eps_vision, "mix": self.mix,
+                    "zo_lr": 1.0 if self.zo_lr is None else self.zo_lr}
+        for name, value in positive.items():
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"MoZO {name}={value!r}: expected a number > 0")
+        for name in ("queries", "log_every"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"MoZO {name}={value!r}: expected an int >= 1")
+
+
+CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MoZOConfig))
+
+
+def make_config(cfg: MoZOConfig | None = None, **options: Any) -> MoZOConfig:
+    """``cfg`` (default: the paper's MoZO) with ``options`` replacing its fields; unknown names raise."""
+    unknown = sorted(set(options) - set(CONFIG_FIELDS))
+    if unknown:
+        raise TypeError(f"MoZO: unknown options {unknown}; allowed: {', '.join(CONFIG_FIELDS)}")
+    return dataclasses.replace(cfg or MoZOConfig(), **options)
 
 
 class MoZOPlugin(SupervisedPlugin):
-    """Partitions units into ZO / FO at construction and applies the ZO step every iteration."""
+    """ZO / FO partition at ``before_training``, one ZO step per iteration in ``before_update``.
 
-    def __init__(self, model: CLIPClassifier, cfg: MoZOConfig, *, base_lr: float, seed: int = 0) -> None:
+    ``MoZOPlugin(branch="dual", layers="hop-even", eps_vision=5e-4)`` or ``MoZOPlugin(cfg)``; ``seed``
+    seeds the plugin's own generator (direction and model seeds of every step).
+    """
+
+    def __init__(self, cfg: MoZOConfig | None = None, *, seed: int = 0, **options: Any) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.base_lr = base_lr
-        self.zo_keys: set[UnitKey] = select_zo_units(model.units.keys(), cfg.branch, cfg.layers,
-                                                     one_based=cfg.one_based)
-        self.fo_keys: set[UnitKey] = set(model.units) - self.zo_keys
+        self.cfg = make_config(cfg, **options)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.base_lr: float | None = None
+        self.model: CLIPClassifier | None = None
+        self.zo_keys: set[UnitKey] = set()
+        self.fo_keys: set[UnitKey] = set()
+        self.groups: list[ZOGroup] = []
+        self.penalty_plugins: list[SupervisedPlugin] = []
+        self.last: ZOStepResult | None = None
+
+    # ---- set-up --------------------------------------------------------------------------------
+    def attach(self, model: CLIPClassifier) -> None:
+        """Partition ``model``'s units into ZO and FO and take the ZO units out of autograd."""
+        if self.model is model:
+            return
+        if not isinstance(getattr(model, "units", None), dict):
+            raise TypeError(f"MoZOPlugin needs a CLIPClassifier with units, got {type(model).__name__}")
+        self.zo_keys = select_zo_units(model.units.keys(), self.cfg.branch, self.cfg.layers,
+                                       one_based=self.cfg.one_based)
+        self.fo_keys = set(model.units) - self.zo_keys
         self.groups = self._make_groups(model)
         for group in self.groups:
             for p in group.params:
                 p.requires_grad_(False)  # ZO units live outside autograd: no activations stored for them
-        self.generator = torch.Generator().manual_seed(seed)
-        self.last: ZOStepResult | None = None
+        self.model = model
 
     def _make_groups(self, model: CLIPClassifier) -> list[ZOGroup]:
-        eps = {"vision": self.cfg.eps_vision, "language": self.cfg.eps_language}
+        cfg = self.cfg
+        eps = {"vision": cfg.eps_vision, "language": cfg.eps_language}
+        # "scaled": the vision update is multiplied by ε_v/ε_l (the sign-normalised step is ±lr·z otherwise)
+        scale = {"vision": cfg.eps_vision / cfg.eps_language if cfg.vision_perturbation == "scaled" else 1.0,
+                 "language": 1.0}
         groups = []
         for branch in ("vision", "language"):
             params: list[torch.Tensor] = [
                 p for key in sorted(self.zo_keys) if key[0] == branch for p in model.units[key].parameters()
             ]
             if params:
-                groups.append(ZOGroup(branch, params, eps[branch], self.cfg.zo_weight_decay))
+                groups.append(ZOGroup(branch, params, eps[branch], cfg.zo_weight_decay, scale[branch]))
         return groups
+
+    def _prepare(self, strategy: Any) -> None:
+        self.attach(strategy.model)
+        if self.base_lr is None:
+            group = strategy.optimizer.param_groups[0]
+            self.base_lr = float(group.get("initial_lr", group["lr"]))
+
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        self._prepare(strategy)
+        self.penalty_plugins = []
+        for plugin in getattr(strategy, "plugins", []):
+            if plugin is self or isinstance(plugin, EvaluationPlugin):
+                continue
+            if self.cfg.penalties and isinstance(plugin, PENALTY_PLUGINS):
+                self.penalty_plugins.append(plugin)
+            elif type(plugin).before_backward is not SupervisedPlugin.before_backward:
+                logger.warning("MoZO: %s changes the loss in before_backward; ZO probes do not include it%s",
+                               type(plugin).__name__, "" if self.cfg.penalties else " (penalties: false)")
 
     @property
     def zo_branches(self) -> set[str]:
         return {g.name for g in self.groups}
 
-    def loss_closure(self, strategy: Any) -> Any:
-        """Minibatch loss at the current θ, reusing the tower the ZO units do not touch."""
+    # ---- loss closures -------------------------------------------------------------------------
+    def _loss(self, strategy: Any, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Criterion plus the replayed penalties of LwF / EWC / SI / MAS plugins (module docstring)."""
+        loss = strategy._criterion(logits, y)
+        if not self.penalty_plugins:
+            return loss
+        saved = strategy.mb_output, strategy.loss
+        strategy.mb_output, strategy.loss = logits, loss
+        try:
+            for plugin in self.penalty_plugins:
+                plugin.before_backward(strategy)
+            return strategy.loss
+        finally:
+            strategy.mb_output, strategy.loss = saved
+
+    def closures(self, strategy: Any, model_seed: int) -> tuple[LossFn, list[LossFn]]:
+        """Minibatch loss at the current θ, and one closure per ZO group for per-tower probes.
+
+        Each tower's randomness has its own seed (vision ``model_seed``, language ``model_seed + 1``),
+        so image features computed once at θ are exactly those a full evaluation at θ computes:
+        they are reused while the vision units do not move (language-only ZO, language probes).
+        """
         model: CLIPClassifier = strategy.model
         x, y = strategy.mb_x, strategy.mb_y
+
+        def image() -> torch.Tensor:
+            return seeded(lambda: model.encode_image(x), model_seed)()  # type: ignore[return-value]
+
+        def text() -> torch.Tensor:
+            return seeded(model.text_features, model_seed + 1)()  # type: ignore[return-value]
+
+        needs_fixed = "vision" not in self.zo_branches or (
+            self.cfg.vision_perturbation == "per_tower" and len(self.groups) > 1)
         with torch.no_grad():
-            fixed_image = None if "vision" in self.zo_branches else model.encode_image(x)
+            fixed = image() if needs_fixed else None
 
-        def loss() -> torch.Tensor:
-            with torch.no_grad():
-                image = fixed_image if fixed_image is not None else model.encode_image(x)
-                return strategy._criterion(model.logits_from_features(image, model.text_features()), y)
+        def loss_with(image_fn: Any) -> LossFn:
+            def loss() -> torch.Tensor:
+                with torch.no_grad():
+                    return self._loss(strategy, model.logits_from_features(image_fn(), text()), y)
 
-        return loss
+            return loss
+
+        full = loss_with(image if "vision" in self.zo_branches else lambda: fixed)
+        per_group = [full if g.name == "vision" else loss_with(lambda: fixed) for g in self.groups]
+        return full, per_group
+
+    def loss_closure(self, strategy: Any, model_seed: int = 0) -> LossFn:
+        """The minibatch loss at the current θ under ``model_seed`` (tests, diagnostics)."""
+        self._prepare(strategy)
+        return self.closures(strategy, model_seed)[0]
+
+    # ---- the ZO step ---------------------------------------------------------------------------
+    def zo_lr(self, strategy: Any) -> float:
+        """λ · (current lr, or zo_lr · current lr / base lr): the ZO step follows the optimizer's lr."""
+        current = float(strategy.optimizer.param_groups[0]["lr"])
+        if self.cfg.zo_lr is None:
+            return self.cfg.mix * current
+        return self.cfg.mix * self.cfg.zo_lr * (current / self.base_lr if self.base_lr else 1.0)
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        loss = strategy.loss
+        if isinstance(loss, torch.Tensor) and not loss.requires_grad:  # no FO unit: let backward() run
+            strategy.loss = loss + torch.zeros((), device=loss.device, dtype=loss.dtype, requires_grad=True)
 
     def before_update(self, strategy: Any, **kwargs: Any) -> None:
+        self._prepare(strategy)
         if not self.groups:
             return
-        schedule = strategy.optimizer.param_groups[0]["lr"] / self.base_lr if self.base_lr else 1.0
-        lr = self.cfg.mix * (self.cfg.zo_lr if self.cfg.zo_lr is not None else self.base_lr) * schedule
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
-        self.last = zo_step(self.groups, self.loss_closure(strategy), seed, lr=lr, q=self.cfg.queries,
-                            two_sided=self.cfg.two_sided, sign_mode=self.cfg.sign, mode=self.cfg.candidate)
+        seed, model_seed = (int(v) for v in torch.randint(0, 2**31 - 2, (2,), generator=self.generator))
+        if strategy.model.training:  # text features cached under other randomness: recompute under ours
+            strategy.model.invalidate_text_cache()
+        full, per_group = self.closures(strategy, model_seed)
+        per_tower = self.cfg.vision_perturbation == "per_tower"
+        self.last = zo_step(
+            self.groups, full, seed, lr=self.zo_lr(strategy), q=self.cfg.queries, two_sided=self.cfg.two_sided,
+            sign_mode=self.cfg.sign, mode=self.cfg.candidate, rng_seed_for_model=model_seed,
+            probe="per_group" if per_tower else "joint", group_loss_fns=per_group if per_tower else None,
+        )
         if strategy.clock.train_iterations % self.cfg.log_every == 0:
             self._publish(strategy, self.last)
 
@@ -115,7 +264,8 @@ class MoZOPlugin(SupervisedPlugin):
             strategy.evaluator.publish_metric_value(MetricValue(self, name, value, x))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "base_lr": self.base_lr}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self.base_lr = state.get("base_lr", self.base_lr)

@@ -1,43 +1,45 @@
-"""MoZO strategy: Avalanche's ``SupervisedTemplate`` plus :class:`MoZOPlugin`.
+"""MoZO strategy: Avalanche's ``SupervisedTemplate`` plus :class:`MoZOPlugin`, configured by keyword.
 
-The only change to the template's update is that backward and the FO optimizer step are skipped
-when no unit is first-order (Dual/all-layer ZO): then the forward builds no autograd graph at all.
+``MoZO(model, optimizer, criterion, branch="dual", layers="hop-even", eps_vision=5e-4,
+train_mb_size=128, ...)`` like Avalanche's ``LwF(..., alpha=...)``: every :class:`MoZOConfig` field is
+a keyword; every other keyword goes to ``SupervisedTemplate``. The optimizer may be built over all
+of the model's parameters before the strategy: the ZO units leave autograd at ``before_training``
+and the ZO step size follows the optimizer's lr (no lr is passed twice). The runner builds MoZO
+through this same constructor (:func:`build_mozo`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from avalanche.training.templates import SupervisedTemplate
 
 from ..clip import CLIPClassifier
 from ..registry import MethodSpec, register
 from ..training import make_optimizer
-from .plugin import MoZOConfig, MoZOPlugin
+from .plugin import CONFIG_FIELDS, MoZOConfig, MoZOPlugin
 
 
 class MoZO(SupervisedTemplate):
-    """Hybrid zeroth-/first-order training of CLIP units (arXiv 2506.12409)."""
+    """Hybrid zeroth-/first-order training of CLIP units (arXiv 2506.12409); a thin wrapper that adds
+    :class:`MoZOPlugin` (the method's mechanics live there, so ``Naive`` + the plugin is the same)."""
 
-    def __init__(self, *, model: CLIPClassifier, mozo: MoZOPlugin, plugins: list | None = None,
-                 **kwargs: Any) -> None:
-        self.mozo = mozo
-        super().__init__(model=model, plugins=[*(plugins or []), mozo], **kwargs)
-
-    def backward(self) -> None:
-        if self.loss.requires_grad:
-            super().backward()
-
-    def optimizer_step(self) -> None:
-        if self.mozo.fo_keys or any(p.requires_grad for p in self.model.parameters()):
-            super().optimizer_step()
+    def __init__(self, model: CLIPClassifier, optimizer: torch.optim.Optimizer,
+                 criterion: Any = None, *, mozo_cfg: MoZOConfig | None = None, seed: int = 0,
+                 plugins: list | None = None, **kwargs: Any) -> None:
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in CONFIG_FIELDS}
+        self.mozo = MoZOPlugin(mozo_cfg, seed=seed, **options)
+        criterion = torch.nn.CrossEntropyLoss() if criterion is None else criterion
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion,
+                         plugins=[*(plugins or []), self.mozo], **kwargs)
 
 
 def build_mozo(model: CLIPClassifier, cfg: MoZOConfig, *, train: Any, plugins: list, evaluator: Any,
                device: Any, criterion: Any, seed: int = 0, **_: Any) -> MoZO:
-    plugin = MoZOPlugin(model, cfg, base_lr=train.lr, seed=seed)  # partitions before the optimizer is built
+    """The runner's builder: the public constructor with the run's recipe."""
     return MoZO(
-        model=model, mozo=plugin, optimizer=make_optimizer(model, train), criterion=criterion,
+        model, make_optimizer(model, train), criterion, mozo_cfg=cfg, seed=seed,
         train_mb_size=train.batch_size, train_epochs=train.epochs, eval_mb_size=train.eval_batch_size,
         device=device, plugins=plugins, evaluator=evaluator, eval_every=-1,
     )

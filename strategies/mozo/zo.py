@@ -41,7 +41,10 @@ StepMode = Literal["conservative", "aggressive"]
 Candidate = Literal["theta", "minus", "plus", "aggressive"]
 LossFn = Callable[[], float | torch.Tensor]
 
+ProbeMode = Literal["joint", "per_group"]
+
 SIGN_MODES: tuple[str, ...] = ("scalar", "elementwise", "none")
+PROBE_MODES: tuple[str, ...] = ("joint", "per_group")
 STEP_MODES: tuple[str, ...] = ("conservative", "aggressive")
 
 
@@ -53,10 +56,14 @@ class ZOGroup:
     params: list[torch.Tensor]  # leaf tensors outside autograd, perturbed in place
     eps: float  # perturbation radius ε_g of this group
     weight_decay: float = 0.0  # decoupled decay on accepted updates, only for params with ndim >= 2
+    step_scale: float = 1.0  # multiplier of this group's update direction (MoZO "scaled": ε_v/ε_l)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
             raise ValueError(f"ZOGroup {self.name!r}: eps={self.eps!r}: expected a finite float > 0")
+        if not (isinstance(self.step_scale, (int, float)) and math.isfinite(self.step_scale)
+                and self.step_scale > 0):
+            raise ValueError(f"ZOGroup {self.name!r}: step_scale={self.step_scale!r}: expected a finite float > 0")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise ValueError(
                 f"ZOGroup {self.name!r}: weight_decay={self.weight_decay!r}: expected a float >= 0"
@@ -71,8 +78,13 @@ class ZOEstimate:
     """Result of :func:`zo_estimate`; the gradient itself is never stored (replay from ``seeds``)."""
 
     seeds: list[int]  # direction seed of each query
-    projected: list[float]  # raw projected gradient p_raw of each query (see zo_estimate)
+    projected: list[float]  # raw projected gradient p_raw of each query (per-group probes: Σ_g p_g)
     loss: float  # L(θ); mean of the ± probes when two-sided with center_loss=False
+    per_group: list[list[float]] | None = None  # [group][query] p_g of per-group probes; None = joint
+
+    def projected_of(self, index: int) -> list[float]:
+        """The projected gradients (one per query) that drive group ``index``'s update."""
+        return self.projected if self.per_group is None else self.per_group[index]
 
 
 @dataclass
@@ -125,16 +137,32 @@ def directions(groups: Sequence[ZOGroup], seed: int) -> list[torch.Tensor]:
     return [zs[0] for _, _, zs in iter_directions(groups, [seed])]
 
 
-def perturb(groups: Sequence[ZOGroup], seed: int, scale: float) -> None:
-    """θ_g ← θ_g + scale·ε_g·z_g for every group g, in place (MoZO §3, probe θ ± Dz, D = diag(ε_g))."""
+def perturb(groups: Sequence[ZOGroup], seed: int, scale: float, only: int | None = None) -> None:
+    """θ_g ← θ_g + scale·ε_g·z_g for every group g, in place (MoZO §3, probe θ ± Dz, D = diag(ε_g)).
+
+    ``only``: move group ``groups[only]`` alone (per-group probes); z is still drawn over all groups
+    so that z_g is the same block of the joint stream that the update replays."""
     with torch.no_grad():
         for group, p, (z,) in iter_directions(groups, [seed]):
-            p.add_(z.mul_(scale * group.eps))  # d = z·(scale·ε_g), exact negation of the -scale call
+            if only is None or group is groups[only]:
+                p.add_(z.mul_(scale * group.eps))  # d = z·(scale·ε_g), exact negation of the -scale call
 
 
-def restore(groups: Sequence[ZOGroup], seed: int, scale: float) -> None:
-    """Undo ``perturb(groups, seed, scale)``: ``perturb(groups, seed, -scale)`` (see module docstring)."""
-    perturb(groups, seed, -scale)
+def restore(groups: Sequence[ZOGroup], seed: int, scale: float, only: int | None = None) -> None:
+    """Undo ``perturb(groups, seed, scale, only)``: ``perturb(groups, seed, -scale, only)`` (module doc)."""
+    perturb(groups, seed, -scale, only)
+
+
+def model_seed_for(seed: int) -> int:
+    """Default seed of the model's randomness (dropout, router noise) for direction seed ``seed``.
+
+    Seeding the model's RNG with the direction seed itself makes the first noise values equal the
+    first entries of z (one Mersenne-Twister stream), which biases the estimate whenever the loss
+    depends on the noise. A 64-bit mix (splitmix64 finaliser) gives a different, unrelated stream."""
+    x = (int(seed) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) >> 1  # 63 bits: a valid torch seed
 
 
 # --------------------------------------------------------------------------- loss closures
@@ -172,13 +200,14 @@ def _evaluate(loss_fn: LossFn) -> float:
 # --------------------------------------------------------------------------- estimator
 
 
-def _probe(groups: Sequence[ZOGroup], loss_fn: LossFn, seed: int, scale: float) -> float:
-    """L(θ + scale·Dz); θ is restored in ``finally`` even if ``loss_fn`` raises."""
-    perturb(groups, seed, scale)
+def _probe(groups: Sequence[ZOGroup], loss_fn: LossFn, seed: int, scale: float,
+           only: int | None = None) -> float:
+    """L(θ + scale·Dz) (only group ``only`` moved if given); θ restored in ``finally`` even on error."""
+    perturb(groups, seed, scale, only)
     try:
         return _evaluate(loss_fn)
     finally:
-        restore(groups, seed, scale)
+        restore(groups, seed, scale, only)
 
 
 def zo_estimate(
@@ -190,37 +219,58 @@ def zo_estimate(
     two_sided: bool = True,
     center_loss: bool = True,
     rng_seed_for_model: int | None = None,
+    probe: ProbeMode = "joint",
+    group_loss_fns: Sequence[LossFn] | None = None,
 ) -> ZOEstimate:
-    """ZO estimate with per-group radii and one joint probe per query (MoZO §3, ZO estimator).
+    """ZO estimate with per-group radii (MoZO §3, ZO estimator); one joint probe per query or one
+    probe per group.
 
-    With D = diag(ε_g) and z ~ N(0, I) over all groups jointly:
+    joint: with D = diag(ε_g) and z ~ N(0, I) over all groups jointly,
         two-sided  p_raw = (L(θ + Dz) − L(θ − Dz)) / 2,   one-sided  p_raw = L(θ + Dz) − L(θ),
         ĝ_g = (p_raw / ε_g) · z_g,   ĝ = (1/q) Σ_i ĝ_i  (query i uses seed + i).
     Unbiased per group: p_raw = zᵀD∇L + O(ε²) and E[(zᵀD∇L) z_g] = D_gg ∇_g L = ε_g ∇_g L, so
     E[ĝ_g] = ∇_g L + O(ε²). With one group this is the textbook (L(θ+εz) − L(θ−εz))/(2ε) · z.
+    per_group: group g is probed alone, p_g = (L(θ + ε_g z_g) − L(θ − ε_g z_g)) / 2 (or
+    L(θ + ε_g z_g) − L(θ)), ĝ_g = (p_g / ε_g) · z_g: each group's estimate is free of the other
+    groups' terms, at twice the probes (``projected`` then holds Σ_g p_g ≈ zᵀD∇L per query).
+    ``group_loss_fns[g]`` (default ``loss_fn``) is evaluated while only group g moves; it may reuse
+    what the other groups compute, but must equal ``loss_fn`` at θ.
 
-    ``loss_fn`` is called under ``no_grad`` through :func:`seeded` with ``rng_seed_for_model``
-    (default ``seed``). ``center_loss`` spends one extra forward (two-sided only) to report L(θ);
-    otherwise ``loss`` is the mean of the ± probes, L(θ) + O(ε²). Parameters are restored after
-    every probe, also when ``loss_fn`` raises.
+    Every loss is called under ``no_grad`` through :func:`seeded` with ``rng_seed_for_model``
+    (default :func:`model_seed_for` ``(seed)``, a stream unrelated to z). ``center_loss`` spends one
+    extra forward (two-sided only) to report L(θ); otherwise ``loss`` is the mean of the ± probes,
+    L(θ) + O(ε²). Parameters are restored after every probe, also when a loss raises.
     """
+    if probe not in PROBE_MODES:
+        raise ValueError(f"probe={probe!r}: expected one of {', '.join(PROBE_MODES)}")
     seeds = query_seeds(seed, q)
-    fn = seeded(loss_fn, seed if rng_seed_for_model is None else rng_seed_for_model)
+    fn = seeded(loss_fn, model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model)
     loss0 = _evaluate(fn) if (center_loss or not two_sided) else None
-    projected: list[float] = []
+    if probe == "joint":
+        fns: list[LossFn] = [fn]
+        targets: list[int | None] = [None]
+    else:
+        raw = list(group_loss_fns) if group_loss_fns is not None else [loss_fn] * len(groups)
+        if len(raw) != len(groups):
+            raise ValueError(f"group_loss_fns: {len(raw)} closures for {len(groups)} groups")
+        model_seed = model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model
+        fns, targets = [seeded(f, model_seed) for f in raw], list(range(len(groups)))
+    table: list[list[float]] = [[] for _ in targets]  # [target][query]
     probe_means: list[float] = []
     for s in seeds:
-        plus = _probe(groups, fn, s, 1.0)
-        if two_sided:
-            minus = _probe(groups, fn, s, -1.0)
-            projected.append((plus - minus) / 2.0)
-            probe_means.append((plus + minus) / 2.0)
-        else:
-            if loss0 is None:  # one-sided estimates always evaluate L(θ) first
-                raise RuntimeError("one-sided ZO estimate without the loss at θ")
-            projected.append(plus - loss0)
+        for row, f, only in zip(table, fns, targets, strict=True):
+            plus = _probe(groups, f, s, 1.0, only)
+            if two_sided:
+                minus = _probe(groups, f, s, -1.0, only)
+                row.append((plus - minus) / 2.0)
+                probe_means.append((plus + minus) / 2.0)
+            else:
+                if loss0 is None:  # one-sided estimates always evaluate L(θ) first
+                    raise RuntimeError("one-sided ZO estimate without the loss at θ")
+                row.append(plus - loss0)
+    projected = [sum(col) for col in zip(*table, strict=True)]
     loss = loss0 if loss0 is not None else sum(probe_means) / len(probe_means)
-    return ZOEstimate(seeds=seeds, projected=projected, loss=loss)
+    return ZOEstimate(seeds=seeds, projected=projected, loss=loss, per_group=None if probe == "joint" else table)
 
 
 # --------------------------------------------------------------------------- updates
@@ -236,7 +286,8 @@ def _direction(
     """Update direction of one parameter, averaged over queries (MoZO §3, sign normalization).
 
     scalar: sign(p_raw)·z_g (scale-free, not divided by ε); elementwise: sign(p_raw·z_g);
-    none: (p_raw/ε_g)·z_g, the raw estimate ĝ_g. The result may alias (overwrite) ``zs[0]``.
+    none: (p_raw/ε_g)·z_g, the raw estimate ĝ_g; each times ``group.step_scale``. The result may
+    alias (overwrite) ``zs[0]``.
     """
     terms = []
     for z, p_raw in zip(zs, projected, strict=True):
@@ -249,7 +300,9 @@ def _direction(
     acc = terms[0]
     for term in terms[1:]:
         acc.add_(term)
-    return acc if len(terms) == 1 else acc.div_(len(terms))
+    if len(terms) > 1:
+        acc.div_(len(terms))
+    return acc if group.step_scale == 1.0 else acc.mul_(group.step_scale)
 
 
 def _check_sign_mode(sign_mode: str) -> None:
@@ -262,8 +315,9 @@ def gradient_estimate(
 ) -> list[torch.Tensor]:
     """Materialise the (sign-normalized) estimate, one tensor per parameter (tests, diagnostics)."""
     _check_sign_mode(sign_mode)
+    index = {id(g): k for k, g in enumerate(groups)}
     return [
-        _direction(g, zs, estimate.projected, sign_mode)
+        _direction(g, zs, estimate.projected_of(index[id(g)]), sign_mode)
         for g, _, zs in iter_directions(groups, estimate.seeds)
     ]
 
@@ -277,9 +331,10 @@ def apply_update(
 ) -> None:
     """θ ← θ + scale·lr·direction by seed replay (scale = −1: descent; +1 undoes it, see module doc)."""
     _check_sign_mode(sign_mode)
+    index = {id(g): k for k, g in enumerate(groups)}
     with torch.no_grad():
         for group, p, zs in iter_directions(groups, estimate.seeds):
-            p.add_(_direction(group, zs, estimate.projected, sign_mode).mul_(scale * lr))
+            p.add_(_direction(group, zs, estimate.projected_of(index[id(group)]), sign_mode).mul_(scale * lr))
 
 
 def apply_weight_decay(groups: Sequence[ZOGroup], lr: float) -> None:
@@ -319,9 +374,12 @@ def zo_step(
     sign_mode: SignMode = "scalar",
     mode: StepMode = "conservative",
     rng_seed_for_model: int | None = None,
+    probe: ProbeMode = "joint",
+    group_loss_fns: Sequence[LossFn] | None = None,
 ) -> ZOStepResult:
-    """One ZO update (MoZO §3). All evaluations share one seeded closure (``rng_seed_for_model``,
-    default ``seed``), so model randomness is identical across probes and candidates.
+    """One ZO update (MoZO §3). All evaluations share one model seed (``rng_seed_for_model``,
+    default :func:`model_seed_for` ``(seed)``), so model randomness is identical across probes and
+    candidates and unrelated to the directions. ``probe`` / ``group_loss_fns``: see :func:`zo_estimate`.
 
     conservative (paper): evaluate θ − lr·d and θ + lr·d (d = sign-normalized ĝ) and keep the best of
     {θ, minus, plus} by minibatch loss, ties preferring θ then minus; the step never increases the
@@ -331,7 +389,7 @@ def zo_step(
     _check_sign_mode(sign_mode)
     if mode not in STEP_MODES:
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(STEP_MODES)}")
-    model_seed = seed if rng_seed_for_model is None else rng_seed_for_model
+    model_seed = model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model
     fn = seeded(loss_fn, model_seed)  # the same closure zo_estimate builds for its probes
     conservative = mode == "conservative"
     est = zo_estimate(
@@ -342,6 +400,8 @@ def zo_step(
         two_sided=two_sided,
         center_loss=conservative,
         rng_seed_for_model=model_seed,
+        probe=probe,
+        group_loss_fns=group_loss_fns,
     )
     if not conservative:
         apply_update(groups, est, lr, sign_mode, -1.0)
