@@ -14,6 +14,7 @@ from strategies.mozo.zo import (
     apply_weight_decay,
     directions,
     gradient_estimate,
+    model_seed_for,
     params_outside_autograd,
     perturb,
     restore,
@@ -430,3 +431,120 @@ def test_params_outside_autograd_restores_flags():
     with params_outside_autograd([a, b]) as ps:
         assert ps == [a, b] and not a.requires_grad and not b.requires_grad
     assert a.requires_grad and not b.requires_grad
+
+
+# --------------------------------------------------------------------------- model randomness vs directions
+
+
+def _noise_toy(dim: int = 4):
+    """L(θ) = Σ_i n_i² θ_i with n ~ N(0, I) drawn *inside* the loss (like router noise): ∇E[L] = 1."""
+    theta = torch.zeros(dim, dtype=F64)
+
+    def loss() -> torch.Tensor:
+        n = torch.randn(dim, dtype=F64)  # global RNG: seeded by zo_estimate's model seed
+        return (n**2 * theta).sum()
+
+    return theta, loss
+
+
+def test_default_model_seed_is_not_the_direction_seed_and_the_estimate_is_unbiased():
+    theta, loss = _noise_toy()
+    groups = [ZOGroup("all", [theta], eps=1e-3)]
+    assert all(model_seed_for(s) != s for s in range(100))
+    (avg,) = mean_estimate(groups, loss, 3000)
+    assert rel_err(avg, torch.ones(4, dtype=F64)) < 0.15
+    # seeding the model with the direction's seed makes n == z: E[z_j⁴] = 3 instead of 1
+    total = torch.zeros(4, dtype=F64)
+    for s in range(3000):
+        est = zo_estimate(groups, loss, s, center_loss=False, rng_seed_for_model=s)
+        total += gradient_estimate(groups, est, "none")[0]
+    assert float((total / 3000).mean()) > 2.5
+
+
+# --------------------------------------------------------------------------- per-group probes and step scales
+
+
+def _two_group_linear():
+    """L = a·θ_v + b·θ_l: every probe difference is exact, p_v = ε_v z_v·a, p_l = ε_l z_l·b."""
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(3, generator=g, dtype=F64), torch.randn(2, generator=g, dtype=F64)
+    tv, tl = torch.zeros(3, dtype=F64), torch.zeros(2, dtype=F64)
+    groups = [ZOGroup("vision", [tv], eps=1e-3), ZOGroup("language", [tl], eps=4e-3)]
+    return groups, (lambda: a @ tv + b @ tl), a, b
+
+
+def test_per_group_probe_gives_each_group_its_own_difference():
+    groups, loss, a, b = _two_group_linear()
+    moved = []
+
+    def counted() -> torch.Tensor:
+        moved.append(tuple(bool(g.params[0].abs().sum() > 0) for g in groups))
+        return loss()
+
+    signs_differ = False
+    for seed in range(20):
+        zv, zl = directions(groups, seed)
+        pv, pl = 1e-3 * float(zv @ a), 4e-3 * float(zl @ b)
+        joint = zo_estimate(groups, loss, seed)
+        assert joint.per_group is None and joint.projected[0] == pytest.approx(pv + pl, rel=1e-9)
+        moved.clear()
+        est = zo_estimate(groups, counted, seed, probe="per_group")
+        assert est.per_group[0][0] == pytest.approx(pv, rel=1e-9)
+        assert est.per_group[1][0] == pytest.approx(pl, rel=1e-9)
+        assert est.projected[0] == pytest.approx(pv + pl, rel=1e-9)
+        # L(θ), then vision alone ±, then language alone ±
+        assert moved == [(False, False), (True, False), (True, False), (False, True), (False, True)]
+        dv, dl = gradient_estimate(groups, est, "scalar")
+        assert torch.equal(dv, zv * math.copysign(1.0, pv)) and torch.equal(dl, zl * math.copysign(1.0, pl))
+        signs_differ |= (pv > 0) != (pv + pl > 0)
+    assert signs_differ  # the joint sign would have moved vision the wrong way at least once
+
+
+def test_per_group_probe_uses_the_group_closures():
+    groups, loss, _, _ = _two_group_linear()
+    calls = {"full": 0, "vision": 0, "language": 0}
+
+    def count(name):
+        def fn():
+            calls[name] += 1
+            return loss()
+        return fn
+
+    est = zo_estimate(groups, count("full"), 3, q=2, probe="per_group",
+                      group_loss_fns=[count("vision"), count("language")])
+    assert calls == {"full": 1, "vision": 4, "language": 4} and len(est.per_group[0]) == 2
+    with pytest.raises(ValueError, match="group_loss_fns: 1 closures for 2 groups"):
+        zo_estimate(groups, loss, 3, probe="per_group", group_loss_fns=[loss])
+    with pytest.raises(ValueError, match="probe='tower': expected one of joint, per_group"):
+        zo_estimate(groups, loss, 3, probe="tower")
+
+
+@pytest.mark.parametrize("sign_mode", ["scalar", "elementwise", "none"])
+def test_step_scale_multiplies_only_its_groups_update(sign_mode):
+    tv, tl = torch.zeros(6, dtype=F64), torch.zeros(4, dtype=F64)
+    plain = [ZOGroup("vision", [tv.clone()], eps=1e-3), ZOGroup("language", [tl.clone()], eps=2e-3)]
+    scaled = [ZOGroup("vision", [tv], eps=1e-3, step_scale=0.5), ZOGroup("language", [tl], eps=2e-3)]
+    est = ZOEstimate(seeds=[4], projected=[0.3], loss=0.0)
+    apply_update(plain, est, lr=0.1, sign_mode=sign_mode)
+    apply_update(scaled, est, lr=0.1, sign_mode=sign_mode)
+    assert torch.allclose(tv, 0.5 * plain[0].params[0], rtol=1e-15, atol=0)
+    assert torch.equal(tl, plain[1].params[0])
+    with pytest.raises(ValueError, match="step_scale=0"):
+        ZOGroup("v", [tv], eps=1e-3, step_scale=0)
+
+
+@pytest.mark.parametrize("sign_mode", ["scalar", "elementwise", "none"])
+def test_aggressive_step_moves_by_minus_lr_times_the_direction(sign_mode):
+    a, b = quadratic()
+    changes = []
+    for seed in range(30):
+        theta0 = torch.randn(5, generator=torch.Generator().manual_seed(200 + seed), dtype=F64)
+        theta = theta0.clone()
+        groups = [ZOGroup("all", [theta], eps=1e-3)]
+        loss = quad_loss([theta], a, b)
+        before = float(loss())
+        res = zo_step(groups, loss, seed, lr=1e-2, sign_mode=sign_mode, mode="aggressive")
+        (d,) = gradient_estimate(groups, ZOEstimate(res.seeds, res.projected, res.loss), sign_mode)
+        assert torch.allclose(theta, theta0 - 1e-2 * d, rtol=0, atol=1e-15)
+        changes.append(float(loss()) - before)
+    assert sum(changes) < 0 and sum(c < 0 for c in changes) >= 20  # a descent step, not an ascent
