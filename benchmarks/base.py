@@ -1,7 +1,8 @@
 """What every stream hands to the rest of the toolkit: an Avalanche benchmark plus the text side.
 
 A CLIP classifier scores *global* class ids (every class of the benchmark). The benchmark says
-which ids an experience uses, how each class is prompted, and which label space evaluation uses:
+which ids an experience uses, how each class is prompted — ``train_prompts`` for the training loss,
+``class_prompts`` for evaluation (and ConDU's prototypes) — and which label space evaluation uses:
 
 - ``protocol="seen"`` (class-incremental): evaluation scores all classes seen so far;
 - ``protocol="task"`` (MTIL, task-incremental): each experience is scored over its own classes.
@@ -22,16 +23,19 @@ class CLIPBenchmark:
     name: str  # stream name, e.g. "split_cifar100"
     scenario: Any  # Avalanche benchmark: .train_stream / .test_stream, global class ids as targets
     class_names: list[str]  # global class id -> name (cleaned for prompts)
-    class_prompts: list[list[str]]  # global class id -> prompts (templates already filled in)
+    class_prompts: list[list[str]]  # global class id -> evaluation prompts (templates filled in)
     experience_classes: list[list[int]]  # experience index -> its global class ids (sorted)
     protocol: Protocol = "seen"
     experience_names: list[str] = field(default_factory=list)  # e.g. MTIL dataset names
+    train_prompts: list[list[str]] | None = None  # global class id -> training prompts (None: class_prompts)
 
     def __post_init__(self) -> None:
-        if len(self.class_names) != len(self.class_prompts):
-            raise ValueError(
-                f"{self.name}: {len(self.class_names)} class names but {len(self.class_prompts)} prompt lists"
-            )
+        if self.train_prompts is None:
+            self.train_prompts = self.class_prompts
+        for what, prompts in (("evaluation", self.class_prompts), ("training", self.train_prompts)):
+            if len(self.class_names) != len(prompts):
+                raise ValueError(f"{self.name}: {len(self.class_names)} class names but {len(prompts)} "
+                                 f"{what} prompt lists")
         if not self.experience_names:
             self.experience_names = [f"exp{i}" for i in range(len(self.experience_classes))]
 

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
 from .common import build_class_incremental, clean_class_name, resolve_class_order
-from .templates import resolve_templates
+from .templates import class_incremental_templates
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ CIFAR100_FILES = ("train", "test", "meta")
 class SplitCIFAR100Config:
     steps: int = 10  # experiences of equal size; must divide 100 (10, 20, 50, ...)
     class_order: str | int | list[int] = "seed1993"  # "seed1993" (iCaRL/ZSCL order), "identity", seed, list
-    templates: str | list[str] = "default"  # "default" (MoZO's one template), "rich", or a list
+    train_templates: str | list[str] = "default"  # training prompts: "default" (MoZO's one template), "rich", a list
+    eval_templates: str | list[str] = "default"  # evaluation prompts: "default", "rich", or a list
 
 
 def _cifar_missing(folder: str) -> DatasetMissingError:
@@ -95,16 +96,17 @@ def load_cifar100(root: str, download: bool) -> tuple[CIFAR100Files, CIFAR100Fil
 
 
 def check_split_cifar100(cfg: SplitCIFAR100Config) -> list[int]:
-    """What can be checked without data (steps divide 100, class order); returns the class order."""
+    """What can be checked without data (steps divide 100, class order, templates); returns the class order."""
     if not isinstance(cfg.steps, int) or cfg.steps <= 0 or 100 % cfg.steps:
         raise ValueError(f"split_cifar100: steps={cfg.steps!r} must be a positive divisor of 100")
+    class_incremental_templates(cfg, "split_cifar100")
     return resolve_class_order(cfg.class_order, 100, CIFAR100_ORDER_1993, "split_cifar100")
 
 
 def build_split_cifar100(cfg: SplitCIFAR100Config, ctx: StreamContext) -> CLIPBenchmark:
     """Split CIFAR-100 in ``cfg.steps`` equal steps over the configured class order."""
     order = check_split_cifar100(cfg)
-    templates = resolve_templates(cfg.templates)
+    templates = class_incremental_templates(cfg, "split_cifar100")
     train, test = load_cifar100(ctx.data_root, ctx.download)
     names = [clean_class_name(c) for c in train.classes]
     sizes = [100 // cfg.steps] * cfg.steps

@@ -59,9 +59,9 @@ def step_sizes(n_classes: int, initial: int, increment: int, stream: str) -> lis
 
 
 def build_class_incremental(name: str, train, test, order: list[int], sizes: list[int],
-                            class_names: list[str], templates: list[str],
+                            class_names: list[str], templates: tuple[list[str], list[str]],
                             ctx: StreamContext) -> CLIPBenchmark:
-    """An Avalanche class-incremental benchmark over global class ids, with prompts."""
+    """An Avalanche class-incremental benchmark over global class ids, with (training, evaluation) prompts."""
     from avalanche.benchmarks import nc_benchmark
 
     scenario = nc_benchmark(
@@ -73,7 +73,8 @@ def build_class_incremental(name: str, train, test, order: list[int], sizes: lis
         name=name,
         scenario=scenario,
         class_names=class_names,
-        class_prompts=fill_templates(templates, class_names),
+        class_prompts=fill_templates(templates[1], class_names),
+        train_prompts=fill_templates(templates[0], class_names),
         experience_classes=[sorted(e.classes_in_this_experience) for e in scenario.train_stream],
         protocol="seen",
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
 from .common import ImageFileDataset, build_class_incremental, ensure_downloaded, resolve_class_order, step_sizes
-from .templates import resolve_templates
+from .templates import class_incremental_templates
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class SplitImageNetRConfig:
     steps: int = 10  # experiences of equal size; must divide 200
     class_order: str | int | list[int] = "identity"  # "identity" (sorted wnids), an int seed, or a list
-    templates: str | list[str] = "default"  # "default" (MoZO's one template), "rich", or a list
+    train_templates: str | list[str] = "default"  # training prompts: "default" (MoZO's one template), "rich", a list
+    eval_templates: str | list[str] = "default"  # evaluation prompts: "default", "rich", or a list
     split: str = "coda"  # which shipped train/test split ("coda": CODA-Prompt's 80/20 lists)
 
 
@@ -106,13 +107,14 @@ def check_split_imagenet_r(cfg: SplitImageNetRConfig) -> tuple[list[int], list[i
     if not isinstance(cfg.steps, int) or cfg.steps <= 0 or 200 % cfg.steps:
         raise ValueError(f"split_imagenet_r: steps={cfg.steps!r} must be a positive divisor of 200")
     sizes = step_sizes(200, 200 // cfg.steps, 200 // cfg.steps, "split_imagenet_r")
+    class_incremental_templates(cfg, "split_imagenet_r")
     return sizes, resolve_class_order(cfg.class_order, 200, None, "split_imagenet_r")
 
 
 def build_split_imagenet_r(cfg: SplitImageNetRConfig, ctx: StreamContext) -> CLIPBenchmark:
     """Split ImageNet-R in ``cfg.steps`` equal steps over the shipped train/test split."""
     sizes, order = check_split_imagenet_r(cfg)
-    templates = resolve_templates(cfg.templates)
+    templates = class_incremental_templates(cfg, "split_imagenet_r")
     test_list = read_test_list(cfg.split)
     folder = ensure_imagenet_r(ctx.data_root, ctx.download)
     wnids, names = read_classes()

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext, fill_templates
 from .common import clean_class_name
-from .templates import mtil_templates
+from .templates import check_mtil_choice, mtil_templates
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,8 @@ class MTILConfig:
     shots: int | None = None  # keep k training images per class (5 for few-shot MTIL); None: all
     shot_seed: int | None = None  # None: the first k per class; an int: k drawn with this seed
     split_seed: int = 42  # seed of the 80/20 split of Caltech101, EuroSAT, SUN397
-    templates: str = "all"  # "all": every template of a dataset; "first": its training template only
+    train_templates: str = "first"  # training prompts per dataset: "first" (official) or "all" its templates
+    eval_templates: str = "all"  # evaluation / prototype prompts per dataset: "all" (official) or "first"
 
 
 def resolve_order(order: str | list[str]) -> list[str]:
@@ -305,6 +306,8 @@ def check_mtil(cfg: MTILConfig) -> list[str]:
     order = resolve_order(cfg.order)
     if cfg.shots is not None and (not isinstance(cfg.shots, int) or cfg.shots <= 0):
         raise ValueError(f"mtil: shots={cfg.shots!r} must be a positive int or None")
+    check_mtil_choice(cfg.train_templates, "mtil: train_templates")
+    check_mtil_choice(cfg.eval_templates, "mtil: eval_templates")
     return order
 
 
@@ -313,9 +316,7 @@ def build_mtil(cfg: MTILConfig, ctx: StreamContext) -> CLIPBenchmark:
     from avalanche.benchmarks import nc_benchmark
 
     order = check_mtil(cfg)
-    if cfg.templates not in ("all", "first"):
-        raise ValueError(f"mtil: templates={cfg.templates!r} must be 'all' or 'first'")
-    trains, tests, names, prompts, exp_classes = [], [], [], [], []
+    trains, tests, names, prompts, train_prompts, exp_classes = [], [], [], [], [], []
     for name in order:
         src = load_source(name, ctx.data_root, ctx.download, cfg.split_seed)
         offset = len(names)
@@ -326,7 +327,9 @@ def build_mtil(cfg: MTILConfig, ctx: StreamContext) -> CLIPBenchmark:
         trains.append(OffsetSubset(src.train, tr_idx, tr_t, offset))
         tests.append(OffsetSubset(src.test, src.test_indices, src.test_targets, offset))
         names += src.class_names
-        prompts += fill_templates(mtil_templates(name, first_only=cfg.templates == "first"), src.class_names)
+        prompts += fill_templates(mtil_templates(name, first_only=cfg.eval_templates == "first"), src.class_names)
+        train_prompts += fill_templates(mtil_templates(name, first_only=cfg.train_templates == "first"),
+                                        src.class_names)
         exp_classes.append(list(range(offset, offset + len(src.class_names))))
     scenario = nc_benchmark(
         trains, tests, n_experiences=len(order), task_labels=True, shuffle=False, one_dataset_per_exp=True,
@@ -340,5 +343,6 @@ def build_mtil(cfg: MTILConfig, ctx: StreamContext) -> CLIPBenchmark:
                                       f"of its {len(want)} classes; the data under {ctx.data_root} "
                                       f"is incomplete")
     bench = CLIPBenchmark(name="mtil", scenario=scenario, class_names=names, class_prompts=prompts,
-                          experience_classes=exp_classes, protocol="task", experience_names=list(order))
+                          experience_classes=exp_classes, protocol="task", experience_names=list(order),
+                          train_prompts=train_prompts)
     return bench

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from .base import CLIPBenchmark, StreamContext
 from .common import build_class_incremental
+from .templates import class_incremental_templates
 
 _NAMES = (
     "apple", "bicycle", "cloud", "dolphin", "engine", "forest", "guitar", "harbor", "island", "jacket",
@@ -29,7 +30,8 @@ class SyntheticStreamConfig:
     test_per_class: int = 16  # test images per class
     signal: float = 1.5  # strength of the class pattern relative to unit Gaussian noise
     seed: int = 0  # seed of the patterns, the samples and the class order
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])  # prompt templates
+    train_templates: str | list[str] = field(default_factory=lambda: ["a photo of a {}."])  # training prompts
+    eval_templates: str | list[str] = field(default_factory=lambda: ["a photo of a {}."])  # evaluation prompts
 
 
 class TensorClassDataset(Dataset):
@@ -63,6 +65,7 @@ def check_synthetic(cfg: SyntheticStreamConfig) -> None:
     if cfg.n_classes % cfg.n_experiences:
         raise ValueError(f"synthetic stream: n_classes={cfg.n_classes} is not divisible by "
                          f"n_experiences={cfg.n_experiences}")
+    class_incremental_templates(cfg, "synthetic")
 
 
 def build_synthetic(cfg: SyntheticStreamConfig, ctx: StreamContext) -> CLIPBenchmark:
@@ -77,4 +80,4 @@ def build_synthetic(cfg: SyntheticStreamConfig, ctx: StreamContext) -> CLIPBench
     sizes = [cfg.n_classes // cfg.n_experiences] * cfg.n_experiences
     tensors_ctx = replace(ctx, train_transform=None, eval_transform=None)  # samples are tensors already
     return build_class_incremental("synthetic", train, test, order, sizes, class_names(cfg.n_classes),
-                                   cfg.templates, tensors_ctx)
+                                   class_incremental_templates(cfg, "synthetic"), tensors_ctx)

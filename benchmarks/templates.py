@@ -1,14 +1,21 @@
 """Prompt templates: ``{}`` is replaced by a class name (see ``base.fill_templates``).
 
-- ``CLASS_INCREMENTAL``: MoZO's code prompts every class with the single template
-  ``"a bad photo of a {}."``; ``CLASS_INCREMENTAL_RICH`` is a larger CLIP-style ensemble for
-  zero-shot evaluation with several templates.
-- ``MTIL``: per-dataset templates in the style of CLIP's zero-shot notebook as used by ZSCL /
-  WiSE-FT. The **first** template of each list is the one a method trains with (ConDU uses the
-  first template of the dataset); the rest are only for ensembling at evaluation.
+Every stream has two options, ``train_templates`` (the prompts the training loss scores) and
+``eval_templates`` (evaluation, and ConDU's prototypes); the defaults follow the official code:
+
+- class-incremental streams (``"default"``, ``"rich"`` or a list): MoZO's code prompts every class
+  with the single template ``"a bad photo of a {}."`` (``CLASS_INCREMENTAL``) in training and
+  evaluation, so both default to it; ``CLASS_INCREMENTAL_RICH`` is a larger CLIP-style ensemble
+  (its first template is MoZO's) for zero-shot evaluation with several templates.
+- MTIL (``"first"`` or ``"all"``): per-dataset templates in the style of CLIP's zero-shot notebook as
+  used by ZSCL / WiSE-FT. ConDU's and ZSCL's code train with the **first** template of the dataset
+  and evaluate / build prototypes with **all** of them (condu.md "Prompts"): ``train_templates:
+  first``, ``eval_templates: all``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 CLASS_INCREMENTAL: list[str] = ["a bad photo of a {}."]
 
@@ -62,14 +69,35 @@ def mtil_templates(dataset: str, first_only: bool = False) -> list[str]:
     return MTIL[dataset][:1] if first_only else list(MTIL[dataset])
 
 
-def resolve_templates(spec: str | list[str]) -> list[str]:
-    """A template list from a config value: ``"default"``, ``"rich"`` or an explicit list."""
+def resolve_templates(spec: str | list[str], field: str = "templates") -> list[str]:
+    """A class-incremental template list from a config value: ``"default"``, ``"rich"`` or a list.
+
+    ``field`` names the option in error messages (``stream.train_templates`` / ``stream.eval_templates``).
+    """
     if isinstance(spec, str):
         table = {"default": CLASS_INCREMENTAL, "rich": CLASS_INCREMENTAL_RICH}
         if spec not in table:
-            raise ValueError(f"templates: unknown preset {spec!r}; use 'default', 'rich' or a list of "
-                             f"strings")
+            raise ValueError(f"{field}: unknown preset {spec!r}; use 'default', 'rich' or a list of strings")
         return list(table[spec])
     if not isinstance(spec, list) or not spec or not all(isinstance(t, str) for t in spec):
-        raise TypeError(f"templates: expected a preset name or a non-empty list of strings, got {spec!r}")
+        raise TypeError(f"{field}: expected a preset name or a non-empty list of strings, got {spec!r}")
+    for template in spec:
+        if "{}" not in template:
+            raise ValueError(f"{field}: template {template!r} has no '{{}}' placeholder for the class name")
     return list(spec)
+
+
+def class_incremental_templates(cfg: Any, stream: str) -> tuple[list[str], list[str]]:
+    """(training, evaluation) templates of a class-incremental stream config."""
+    return (resolve_templates(cfg.train_templates, f"{stream}: train_templates"),
+            resolve_templates(cfg.eval_templates, f"{stream}: eval_templates"))
+
+
+MTIL_CHOICES = ("first", "all")  # per dataset: its training template only / every template
+
+
+def check_mtil_choice(value: str, field: str) -> str:
+    """``value`` if it is ``"first"`` or ``"all"``; else a ValueError naming ``field``."""
+    if value not in MTIL_CHOICES:
+        raise ValueError(f"{field}={value!r}; allowed: {', '.join(MTIL_CHOICES)}")
+    return value

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
 from .common import ImageFileDataset, build_class_incremental, ensure_downloaded, resolve_class_order, step_sizes
-from .templates import resolve_templates
+from .templates import class_incremental_templates
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class SplitTinyImageNetConfig:
     initial: int = 100  # classes in the first experience
     increment: int = 10  # classes in each later experience (initial + k*increment must be 200)
     class_order: str | int | list[int] = "seed1993"  # "seed1993" (ZSCL order), "identity", seed, list
-    templates: str | list[str] = "default"  # "default" (MoZO's one template), "rich", or a list
+    train_templates: str | list[str] = "default"  # training prompts: "default" (MoZO's one template), "rich", a list
+    eval_templates: str | list[str] = "default"  # evaluation prompts: "default", "rich", or a list
     train_per_class: int | None = None  # keep only the first k training images per class (None: all)
 
 
@@ -120,13 +121,14 @@ def tiny_val_files(folder: str, wnids: list[str]) -> ImageFileDataset:
 def check_split_tinyimagenet(cfg: SplitTinyImageNetConfig) -> tuple[list[int], list[int]]:
     """What can be checked without data (initial + k*increment tiles 200, class order)."""
     sizes = step_sizes(200, cfg.initial, cfg.increment, "split_tinyimagenet")
+    class_incremental_templates(cfg, "split_tinyimagenet")
     return sizes, resolve_class_order(cfg.class_order, 200, TINY_ORDER_1993, "split_tinyimagenet")
 
 
 def build_split_tinyimagenet(cfg: SplitTinyImageNetConfig, ctx: StreamContext) -> CLIPBenchmark:
     """Split TinyImageNet: ``initial`` classes, then ``increment`` per step, in the configured order."""
     sizes, order = check_split_tinyimagenet(cfg)
-    templates = resolve_templates(cfg.templates)
+    templates = class_incremental_templates(cfg, "split_tinyimagenet")
     folder = ensure_tinyimagenet(ctx.data_root, ctx.download)
     wnids, names = read_tiny_classes(folder)
     if len(wnids) != 200:

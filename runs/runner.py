@@ -28,7 +28,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from benchmarks import STREAMS, CLIPBenchmark, StreamContext
 from strategies.clip import build_clip, image_size
 from strategies.registry import METHODS
-from strategies.training import LabelSpacePlugin, RecipePlugin, resolve_device
+from strategies.training import LabelSpacePlugin, RecipePlugin, make_criterion, resolve_device
 
 from . import checkpoint
 from .config import RunConfig, SuiteConfig, to_plain
@@ -103,7 +103,7 @@ class RunSession:
         ]
         self.strategy = spec.build(
             self.model, run.method.cfg, train=run.train, plugins=plugins, evaluator=evaluator,
-            device=self.device, criterion=torch.nn.CrossEntropyLoss(label_smoothing=run.train.label_smoothing),
+            device=self.device, criterion=make_criterion(run.train),
             benchmark=self.benchmark, seed=self.seed, task_aware=run.eval.task_aware,
         )
         self.trains = spec.trains

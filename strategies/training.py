@@ -1,7 +1,9 @@
 """What every strategy shares: the training recipe config and the plugins that apply it.
 
-- :class:`LabelSpacePlugin` sets the classifier's active classes per experience (DESIGN: one label
-  space for every protocol).
+- :class:`LabelSpacePlugin` sets the classifier's active classes and prompt set (training or
+  evaluation prompts) per experience, from the Avalanche experience (DESIGN: one label space for
+  every protocol).
+- :func:`make_criterion` / :class:`ActiveClassCrossEntropy`: the loss over the active classes only.
 - :class:`RecipePlugin` restricts the optimizer to trainable parameters, resets its state per
   experience, applies warm-up + cosine learning-rate schedule per iteration, and stops an
   experience after ``iterations`` steps when the recipe counts iterations instead of epochs.
@@ -14,11 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
 from benchmarks.base import CLIPBenchmark
 
-from .clip import CLIPClassifier
+from .clip import MASKED_LOGIT, CLIPClassifier
+
+LABEL_SPACES = ("current", "seen")  # training label spaces of LabelSpacePlugin
+PROTOCOLS = ("seen", "task")  # evaluation label spaces: classes seen so far / the experience's own
 
 
 @dataclass
@@ -65,31 +71,96 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class LabelSpacePlugin(SupervisedPlugin):
-    """Sets the active classes before each training and evaluation experience.
+class ActiveClassCrossEntropy(torch.nn.Module):
+    """Cross-entropy with label smoothing over the *active* classes only.
 
-    Training scores the current experience's classes (``current``) or every class seen so far
-    (``seen``). Evaluation of experience ``j`` scores, for the ``seen`` protocol, every class seen
-    in training so far plus experience ``j``'s own classes (so experiences not yet trained on are
-    scored zero-shot over seen + their classes), and for the ``task`` protocol (or
-    ``task_aware=True``) experience ``j``'s classes only.
+    The classifier scores global class ids and gives inactive ones ``MASKED_LOGIT``. Plain
+    ``CrossEntropyLoss(label_smoothing=ε)`` spreads ε over every column, masked ones included, and
+    its value is then dominated by ε·(−MASKED_LOGIT)/K (≈1,333 on 6 classes). Here the columns that
+    are masked in every row are dropped and the targets re-indexed into the active set ``A``:
+
+        L = (1 − ε)·(−log p_y) − ε/|A| · Σ_{k∈A} log p_k,   p = softmax over A only
+
+    (label smoothing, Szegedy et al. 2016 §7; ConDU's code smooths over the dataset's own classes,
+    condu.md "Per task"). With every column active it is ``F.cross_entropy`` unchanged; with ε = 0 it
+    equals plain cross-entropy up to e^MASKED_LOGIT.
     """
 
-    def __init__(self, benchmark: CLIPBenchmark, train_label_space: str, task_aware: bool = False) -> None:
+    def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        active = (logits > MASKED_LOGIT / 2).any(dim=0)  # (K,) columns scored in some row
+        if bool(active.all()):
+            return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        columns = active.nonzero().squeeze(1)  # (A,)
+        local = torch.full_like(active, -1, dtype=torch.long)  # (K,) global id -> position in A
+        local[columns] = torch.arange(len(columns), device=logits.device)
+        mapped = local[targets]  # (B,)
+        if bool((mapped < 0).any()):
+            masked = sorted(set(targets[mapped < 0].tolist()))
+            raise ValueError(f"cross-entropy: targets {masked[:5]} are masked (inactive) classes; the label "
+                             f"space must contain every training target (e.g. train.label_space: seen)")
+        return F.cross_entropy(logits[:, columns], mapped, label_smoothing=self.label_smoothing)
+
+
+def make_criterion(cfg: TrainConfig) -> ActiveClassCrossEntropy:
+    """The training loss of every method: cross-entropy over the active classes, ``cfg.label_smoothing``."""
+    return ActiveClassCrossEntropy(cfg.label_smoothing)
+
+
+class LabelSpacePlugin(SupervisedPlugin):
+    """Sets the classifier's active classes and prompt set before each training / evaluation experience.
+
+    The classes come from what Avalanche gives, ``experience.classes_in_this_experience`` and the
+    classes of the experiences trained so far, so any Avalanche benchmark whose targets index the
+    model's class prompts works (``nc_benchmark`` and friends); a :class:`CLIPBenchmark` is optional.
+
+    Training scores the current experience's classes (``current``) or every class seen so far
+    (``seen``). Evaluation of experience ``j`` scores, for the ``seen`` protocol (class-incremental),
+    every class seen in training so far plus experience ``j``'s own classes (so experiences not yet
+    trained on are scored zero-shot over seen + their classes), and for the ``task`` protocol (MTIL,
+    or ``task_aware=True``) experience ``j``'s classes only.
+
+    Prompts: training uses the model's ``train`` prompt set, evaluation its ``eval`` set
+    (:meth:`CLIPClassifier.use_prompts`). Given a ``benchmark``, its ``train_prompts`` and
+    ``class_prompts`` (evaluation) are installed on the model the first time they are missing.
+    """
+
+    def __init__(self, benchmark: CLIPBenchmark | None = None, train_label_space: str = "current",
+                 task_aware: bool = False, *, protocol: str | None = None) -> None:
+        super().__init__()
+        if train_label_space not in LABEL_SPACES:
+            raise ValueError(f"train_label_space={train_label_space!r}; allowed: {', '.join(LABEL_SPACES)}")
+        protocol = protocol or (benchmark.protocol if benchmark is not None else "seen")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol={protocol!r}; allowed: {', '.join(PROTOCOLS)}")
         self.benchmark = benchmark
         self.train_label_space = train_label_space
-        self.task_aware = task_aware or benchmark.protocol == "task"
+        self.task_aware = task_aware or protocol == "task"
         self.seen: set[int] = set()
 
+    def _install_prompts(self, model: CLIPClassifier) -> None:
+        bench = self.benchmark
+        if bench is not None and not (model.prompt_sets["eval"] is bench.class_prompts
+                                      and model.prompt_sets["train"] is bench.train_prompts):
+            model.set_class_prompts(bench.class_prompts, train_prompts=bench.train_prompts)
+
     def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        own = self.benchmark.experience_classes[strategy.experience.current_experience]
+        own = sorted(int(c) for c in strategy.experience.classes_in_this_experience)
         self.seen.update(own)
+        self._install_prompts(strategy.model)
+        strategy.model.use_prompts("train")
         strategy.model.set_active_classes(sorted(self.seen) if self.train_label_space == "seen" else own)
 
     def before_eval_exp(self, strategy: Any, **kwargs: Any) -> None:
-        own = self.benchmark.experience_classes[strategy.experience.current_experience]
-        strategy.model.set_active_classes(own if self.task_aware else sorted(self.seen | set(own)))
+        own = {int(c) for c in strategy.experience.classes_in_this_experience}
+        self._install_prompts(strategy.model)
+        strategy.model.use_prompts("eval")
+        strategy.model.set_active_classes(sorted(own if self.task_aware else self.seen | own))
 
     def state_dict(self) -> dict[str, Any]:
         return {"seen": sorted(self.seen)}

@@ -106,7 +106,9 @@ def test_text_features_cached_until_text_side_changes(tiny_model_factory):
         first = model.text_features()
         assert model.text_features() is first  # cached: same tensor object
         unit = model.units[("language", 0)]
-        unit.up.weight.add_(0.3)  # an in-place update of a text-side parameter (like an optimizer step)
+        # an in-place update of a text-side parameter (like an optimizer step); random, since a constant
+        # shift of every feature dimension is removed by the final LayerNorm
+        unit.up.weight.add_(0.3 * torch.randn(unit.up.weight.shape, generator=torch.Generator().manual_seed(0)))
         second = model.text_features()
     assert second is not first and not torch.allclose(second, first)
 
@@ -138,3 +140,28 @@ def test_unavailable_pretrained_weights_give_one_clear_error(tmp_path):
     cfg = ModelConfig(arch="ViT-B-16", pretrained="openai", units=UnitsConfig(kind="none"), cache_dir=str(tmp_path))
     with pytest.raises(WeightsUnavailableError, match="set model.pretrained to a local weights file"):
         build_clip(cfg)
+
+
+def test_train_and_eval_prompt_sets(tiny_model_factory):
+    model = tiny_model_factory("adapter").eval()
+    eval_prompts = [["a photo of a cat.", "art of a cat."], ["a photo of a dog."], ["a car."]]
+    train_prompts = [["a cat."], ["a dog."], ["a photo of a car."]]
+    model.set_class_prompts(eval_prompts, train_prompts=train_prompts)
+    with torch.no_grad():
+        reference = {name: torch.stack([F.normalize(F.normalize(model.clip.encode_text(model.tokenizer(p)),
+                                                                dim=-1).mean(0), dim=0) for p in prompts])
+                     for name, prompts in (("train", train_prompts), ("eval", eval_prompts))}
+        assert model.prompt_set == "eval" and model.class_prompts is eval_prompts  # evaluation by default
+        torch.testing.assert_close(model.text_features(), reference["eval"], atol=1e-5, rtol=0)
+        model.use_prompts("train")
+        assert model.class_prompts is train_prompts
+        torch.testing.assert_close(model.text_features(), reference["train"], atol=1e-5, rtol=0)
+        with model.using_prompts("eval"):  # e.g. ConDU's prototypes while training
+            torch.testing.assert_close(model.text_features([1, 2]), reference["eval"][1:], atol=1e-5, rtol=0)
+        assert model.prompt_set == "train"
+    with pytest.raises(ValueError, match=r"prompt set 'test'; allowed: train, eval"):
+        model.use_prompts("test")
+    with pytest.raises(ValueError, match="train_prompts has 2 classes but class_prompts 3"):
+        model.set_class_prompts(eval_prompts, train_prompts=train_prompts[:2])
+    with pytest.raises(ValueError, match=r"train_prompts: classes \[1\] have no prompt"):
+        model.set_class_prompts(eval_prompts, train_prompts=[["a cat."], [], ["a car."]])

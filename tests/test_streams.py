@@ -27,6 +27,7 @@ from benchmarks.common import resolve_class_order, step_sizes
 from benchmarks.data_check import check_stream
 from benchmarks.imagenet_r import SPLIT_FILES, SplitImageNetRConfig, build_split_imagenet_r, read_classes
 from benchmarks.mtil import ORDER_I, ORDER_II, MTILConfig, SourceSplit, build_mtil, select_shots
+from benchmarks.templates import CLASS_INCREMENTAL_RICH
 from benchmarks.templates import MTIL as MTIL_TEMPLATES
 from benchmarks.tinyimagenet import (
     TINY_ORDER_1993,
@@ -126,13 +127,30 @@ def test_split_cifar100_sizes_and_order(cifar_root, steps):
 
 
 def test_split_cifar100_names_prompts_and_batches(cifar_root):
-    bench = build_split_cifar100(SplitCIFAR100Config(steps=10, templates="default"), _ctx(cifar_root))
+    bench = build_split_cifar100(SplitCIFAR100Config(steps=10), _ctx(cifar_root))
     assert bench.class_names[0] == "aquarium fish"
-    assert bench.class_prompts[0] == ["a bad photo of a aquarium fish."]
+    # MoZO's code: one template in training and evaluation (the default of both options)
+    assert bench.class_prompts[0] == bench.train_prompts[0] == ["a bad photo of a aquarium fish."]
+    rich = build_split_cifar100(SplitCIFAR100Config(steps=10, eval_templates="rich"), _ctx(cifar_root))
+    assert rich.train_prompts[0] == ["a bad photo of a aquarium fish."]
+    assert rich.class_prompts[0] == [t.format("aquarium fish") for t in CLASS_INCREMENTAL_RICH]
+    with pytest.raises(ValueError, match=r"split_cifar100: train_templates: unknown preset 'all'; use 'default'"):
+        build_split_cifar100(SplitCIFAR100Config(steps=10, train_templates="all"), _ctx(cifar_root))
+    with pytest.raises(ValueError, match=r"eval_templates: template 'a photo' has no '\{\}'"):
+        build_split_cifar100(SplitCIFAR100Config(steps=10, eval_templates=["a photo"]), _ctx(cifar_root))
     exp = bench.scenario.train_stream[0]
     x, y, t = exp.dataset[0]
     assert isinstance(x, torch.Tensor) and x.shape == (3, 32, 32)
     assert isinstance(y, int) and y in exp.classes_in_this_experience and t == 0
+
+
+@pytest.mark.parametrize("stream", ["synthetic", "split_cifar100", "split_tinyimagenet", "split_imagenet_r", "mtil"])
+def test_template_options_are_checked_without_data(stream):
+    spec = STREAMS[stream]
+    spec.check(spec.config())  # defaults are valid
+    for field in ("train_templates", "eval_templates"):
+        with pytest.raises(ValueError, match=f"{stream}: {field}"):
+            spec.check(spec.config(**{field: "bogus"}))
 
 
 def test_split_cifar100_rejects_bad_steps(cifar_root):
@@ -266,7 +284,10 @@ def test_mtil_fake_official_formats(tmp_path):
     assert bench.experience_classes == [list(range(10)), list(range(10, 13)), list(range(13, 113))]
     assert bench.class_names[:3] == ["0", "1", "2"] and bench.class_names[10] == "banded"
     assert bench.class_prompts[0][0] == 'a photo of the number: "0".'
-    assert bench.class_prompts[10][0] == "a photo of a banded texture."
+    # the official split: train with the dataset's first template, evaluate with all of them
+    assert bench.train_prompts[10] == ["a photo of a banded texture."]
+    assert bench.class_prompts[10] == [t.format("banded") for t in MTIL_TEMPLATES["DTD"]]
+    assert len(bench.class_prompts[10]) == 8 and len(bench.train_prompts) == len(bench.class_prompts) == 113
     assert _exp_sizes(bench.scenario.train_stream) == [20, 6, 100]  # DTD: 2 train images per class
     assert _exp_sizes(bench.scenario.test_stream) == [20, 3, 100]
     x, y, t = bench.scenario.train_stream[0].dataset[0]  # grayscale MNIST -> 3 channels
@@ -303,7 +324,7 @@ def test_mtil_assembly_offsets_tasks_names(monkeypatch, order):
     for name, n in sizes.items():
         monkeypatch.setitem(mtil_mod.LOADERS, name, _fake_loader(n))
     names = ORDER_I if order == "I" else ORDER_II
-    bench = build_mtil(MTILConfig(order=order, templates="first"), _ctx("/nonexistent"))
+    bench = build_mtil(MTILConfig(order=order, eval_templates="first"), _ctx("/nonexistent"))
     assert bench.experience_names == names and bench.protocol == "task"
     offset = 0
     for k, (name, exp) in enumerate(zip(names, bench.scenario.train_stream, strict=True)):
@@ -311,6 +332,7 @@ def test_mtil_assembly_offsets_tasks_names(monkeypatch, order):
         assert bench.experience_classes[k] == list(range(offset, offset + sizes[name]))
         assert sorted(exp.classes_in_this_experience) == bench.experience_classes[k]
         assert bench.class_prompts[offset] == [MTIL_TEMPLATES[name][0].format("c0")]
+        assert bench.train_prompts[offset] == [MTIL_TEMPLATES[name][0].format("c0")]  # default: first
         assert len(exp.dataset) == 3 * sizes[name]
         offset += sizes[name]
     assert bench.n_classes == offset == sum(sizes.values())
@@ -329,6 +351,8 @@ def test_mtil_few_shot(monkeypatch):
 def test_mtil_order_validation():
     with pytest.raises(ValueError, match="unknown"):
         build_mtil(MTILConfig(order=["ImageNet"]), _ctx("/nonexistent"))
+    with pytest.raises(ValueError, match=r"mtil: train_templates='rich'; allowed: first, all"):
+        build_mtil(MTILConfig(order=["MNIST"], train_templates="rich"), _ctx("/nonexistent"))
 
 
 @pytest.mark.parametrize("name,needle", [("Aircraft", "fgvc-aircraft-2013b"), ("StanfordCars", "Kaggle"),

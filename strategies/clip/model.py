@@ -7,7 +7,11 @@ Only the *active* classes (set by the label-space plugin per experience) are sco
 large finite value is used instead of ``-inf`` so that losses over masked columns (LwF's
 distillation, label smoothing) stay finite.
 
-Text features are cached per active class set and reused while the text side does not change:
+Two prompt sets per class: ``train`` (what the training loss scores, e.g. the dataset's first
+template) and ``eval`` (evaluation and prototypes, e.g. every template), switched by the
+label-space plugin before each training / evaluation experience (:meth:`CLIPClassifier.use_prompts`).
+
+Text features are cached per prompt set and active class set and reused while the text side does not change:
 the cache is keyed by the version counters of every text-side tensor (in-place updates by an
 optimizer, a zeroth-order probe or ``load_state_dict`` bump them); when text-side parameters require
 gradients and autograd is on, features are recomputed every forward with the graph.
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ from .units import UnitKey, UnitsConfig, inject_units, tower_modules
 log = logging.getLogger(__name__)
 
 MASKED_LOGIT = -1e4
+PROMPT_SETS = ("train", "eval")  # training prompts (official: first template) / evaluation prompts (all)
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
@@ -66,9 +73,10 @@ class CLIPClassifier(nn.Module):
         self.clip: Any = clip  # open_clip CLIP / CustomTextCLIP (dynamic attributes)
         self.tokenizer: Any = tokenizer
         self.units = units  # plain dict (not a ModuleDict): units are already submodules of clip
-        self.class_prompts: list[list[str]] = []
+        self.prompt_sets: dict[str, list[list[str]]] = {name: [] for name in PROMPT_SETS}
+        self.prompt_set: str = "eval"  # which set scores classes: "train" or "eval" (use_prompts)
         self.active_classes: list[int] = []
-        self._text_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._text_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self._text_version: int | None = None
         self._text_tensors = [t for m in tower_modules(clip)["language"] for t in m.parameters()]
         for name in ("positional_embedding", "text_projection"):
@@ -76,11 +84,41 @@ class CLIPClassifier(nn.Module):
                 self._text_tensors.append(getattr(clip, name))
 
     # ---- label space -------------------------------------------------------------------------
-    def set_class_prompts(self, class_prompts: list[list[str]]) -> None:
-        """Prompts per global class id; all classes become active."""
-        self.class_prompts = class_prompts
+    def set_class_prompts(self, class_prompts: list[list[str]],
+                          train_prompts: list[list[str]] | None = None) -> None:
+        """Prompts per global class id: ``class_prompts`` for evaluation, ``train_prompts`` for training
+        (default: the same); all classes become active."""
+        train = class_prompts if train_prompts is None else train_prompts
+        if len(train) != len(class_prompts):
+            raise ValueError(f"train_prompts has {len(train)} classes but class_prompts {len(class_prompts)}")
+        for name, prompts in (("class_prompts", class_prompts), ("train_prompts", train)):
+            empty = [c for c, p in enumerate(prompts) if not p]
+            if empty:
+                raise ValueError(f"{name}: classes {empty[:5]} have no prompt")
+        self.prompt_sets = {"train": train, "eval": class_prompts}
         self.active_classes = list(range(len(class_prompts)))
         self._text_cache.clear()
+
+    @property
+    def class_prompts(self) -> list[list[str]]:
+        """Prompts per global class id of the prompt set in use (see :meth:`use_prompts`)."""
+        return self.prompt_sets[self.prompt_set]
+
+    def use_prompts(self, prompt_set: str) -> None:
+        """Score classes with the ``"train"`` or the ``"eval"`` prompts (set by the label-space plugin)."""
+        if prompt_set not in PROMPT_SETS:
+            raise ValueError(f"prompt set {prompt_set!r}; allowed: {', '.join(PROMPT_SETS)}")
+        self.prompt_set = prompt_set
+
+    @contextmanager
+    def using_prompts(self, prompt_set: str) -> Iterator[None]:
+        """Temporarily score with another prompt set, e.g. ConDU's prototypes with the eval prompts."""
+        previous = self.prompt_set
+        self.use_prompts(prompt_set)
+        try:
+            yield
+        finally:
+            self.prompt_set = previous
 
     def set_active_classes(self, class_ids: list[int]) -> None:
         """Score only these global class ids; the others get ``MASKED_LOGIT``."""
@@ -123,7 +161,7 @@ class CLIPClassifier(nn.Module):
         if version != self._text_version:
             self._text_cache.clear()
             self._text_version = version
-        key = tuple(ids)
+        key = (self.prompt_set, tuple(ids))
         if key not in self._text_cache:
             with torch.no_grad():
                 self._text_cache[key] = self._encode_prompts(list(ids))
