@@ -15,7 +15,7 @@ Choices made here (see the docstrings for the formulas):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,16 +192,6 @@ def elect(deltas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return signs, unified, masks
 
 
-def _magnitude(x: Tensor, rescaler: str) -> Tensor:
-    """Per task (first dim) mean|x| ("mean_abs") or ‖x‖₁ ("l1") of one tensor, in float64: (T,)."""
-    flat = x.reshape(x.shape[0], -1).abs()  # (T, n)
-    if flat.shape[1] == 0:
-        return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    if rescaler == "mean_abs":
-        return flat.mean(1, dtype=torch.float64)
-    return flat.sum(1, dtype=torch.float64)
-
-
 def _rescalers(num: Tensor, den: Tensor) -> list[float]:
     """λ_i = num_i / den_i; λ_i = 1 where den_i = 0 (then Mⁱ ⊙ U = 0 and δ̃ⁱ = 0 whatever λ_i)."""
     lost = (den == 0) & (num > 0)
@@ -211,53 +201,160 @@ def _rescalers(num: Tensor, den: Tensor) -> list[float]:
     return torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float64).tiny), 1.0).tolist()
 
 
-def _unify_stream(
-    stacks: Iterator[tuple[str, Tensor]], n_tasks: int, rescaler: str, mask_device: torch.device | str
-) -> tuple[Delta, list[Trigger]]:
-    """Elect tensor by tensor over (key, stacked deltas (T, *shape)); rescalers from global sums."""
-    unified: Delta = {}
-    masks: list[dict[str, Tensor]] = [{} for _ in range(n_tasks)]
+# --------------------------------------------------------------------------- chunks
+#
+# Every step of unify / decouple is element-wise except the rescaler sums. Tensors are therefore
+# processed as flat element ranges ("chunks") of bounded size, so the temporaries of a session are
+# ~BYTES_PER_TASK_ELEMENT · T · chunk whatever the tensor sizes. The sums are made independent of the
+# chunk size: each tensor is cut into a fixed grid of SUM_BLOCK elements, each block is summed by one
+# reduction (float64) of exactly its elements, and a tensor's block sums are added by one reduction at
+# the end. Chunks are whole numbers of blocks (so also of mask bytes), hence any chunk size gives
+# bit-identical U, masks and rescalers.
+
+SUM_BLOCK = 4096  # elements per block of the rescaler sums (a multiple of 8: whole mask bytes)
+CHUNK_BYTES = 64 * 2**20  # default budget for a chunk's temporaries (capped at 1/8 of the delta's size)
+BYTES_PER_TASK_ELEMENT = 16  # temporaries of one chunk entry of one task (stack, masks, |x|, products)
+
+ChunkSource = Callable[[str, int, int], Tensor]  # (key, start, stop) -> flat float chunk of one task
+
+
+def _chunk_elements(sizes: Mapping[str, int], n_tasks: int, chunk_bytes: int | None) -> int:
+    """Elements per chunk: ``chunk_bytes / (16 · T)`` rounded down to whole SUM_BLOCKs (≥ 1 block).
+
+    ``chunk_bytes=None``: min(CHUNK_BYTES, 1/8 of the fp32 size of the delta), so a small model's
+    chunks stay small against one model copy too.
+    """
+    if chunk_bytes is None:
+        chunk_bytes = max(min(CHUNK_BYTES, 4 * sum(sizes.values()) // 8), 1)
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+    blocks = chunk_bytes // (BYTES_PER_TASK_ELEMENT * max(n_tasks, 1) * SUM_BLOCK)
+    return SUM_BLOCK * max(int(blocks), 1)
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    """Element ranges [start, stop) covering 0..n, ``size`` a multiple of SUM_BLOCK."""
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def _block_abs_sums(x: Tensor) -> Tensor:
+    """Σ|x| per task over each SUM_BLOCK of a chunk (T, c) starting on the block grid: (T, ⌈c/B⌉) float64."""
+    full = x.shape[1] // SUM_BLOCK * SUM_BLOCK
+    parts = []
+    if full:
+        parts.append(x[:, :full].abs().reshape(x.shape[0], -1, SUM_BLOCK).sum(-1, dtype=torch.float64))
+    if full < x.shape[1]:
+        parts.append(x[:, full:].abs().sum(-1, keepdim=True, dtype=torch.float64))
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+
+def _mask_chunk(packed: Tensor, start: int, stop: int, device: torch.device) -> Tensor:
+    """Mⁱ[start:stop] of a flat packed mask (``start`` on the block grid), bool on ``device``."""
+    return unpack_mask(packed[start // 8:(stop + 7) // 8].to(device), (stop - start,))
+
+
+def _flat(x: Tensor) -> Tensor:
+    """A flat view (contiguous tensors) — writes through it reach ``x``."""
+    if not x.is_contiguous():
+        raise ValueError("ConDU fusion needs contiguous tensors (flat chunk views)")
+    return x.view(-1)
+
+
+# --------------------------------------------------------------------------- elect / unify
+
+
+def _elect_chunked(
+    shapes: Mapping[str, torch.Size],
+    sources: list[ChunkSource],
+    out_unified: Mapping[str, Tensor],
+    out_masks: list[dict[str, Tensor]],
+    rescaler: str,
+    chunk_bytes: int | None,
+) -> list[float]:
+    """Elect chunk by chunk over the T = len(sources) deltas; write U and packed Mⁱ; return the λ_i.
+
+    A chunk of every source is read before the chunk of ``out_unified`` / ``out_masks`` is written, so
+    the outputs may be the very tensors the sources read from (in-place sessions).
+    """
+    n_tasks = len(sources)
+    size = _chunk_elements({k: s.numel() for k, s in shapes.items()}, n_tasks, chunk_bytes)
+    num_parts, den_parts = [], []  # per tensor, on the compute device; summed once at the end
+    for key, shape in shapes.items():
+        n, out = shape.numel(), _flat(out_unified[key])
+        num_blocks, den_blocks = [], []
+        for start, stop in _chunks(n, size):
+            first = sources[0](key, start, stop)
+            stack = first.new_empty((n_tasks, stop - start))  # (T, c)
+            stack[0] = first
+            for i in range(1, n_tasks):
+                stack[i] = sources[i](key, start, stop)
+            _, u, m = elect(stack)  # (c,), (T, c)
+            out[start:stop] = u
+            for i in range(n_tasks):
+                out_masks[i][key][start // 8:(stop + 7) // 8] = pack_mask(m[i]).to(out_masks[i][key].device)
+            num_blocks.append(_block_abs_sums(stack))
+            den_blocks.append(_block_abs_sums(m * u))  # Mⁱ ⊙ U
+        if n == 0:
+            continue
+        divisor = n if rescaler == "mean_abs" else 1  # mean|x| or ‖x‖₁ per tensor
+        num_parts.append(torch.cat(num_blocks, 1).sum(1) / divisor)
+        den_parts.append(torch.cat(den_blocks, 1).sum(1) / divisor)
     num = torch.zeros(n_tasks, dtype=torch.float64)
     den = torch.zeros(n_tasks, dtype=torch.float64)
-    num_parts, den_parts = [], []  # kept on the tensors' device, summed once at the end
-    for key, deltas in stacks:
-        _, u, m = elect(deltas)
-        unified[key] = u
-        for i in range(n_tasks):
-            masks[i][key] = pack_mask(m[i]).to(mask_device)
-        num_parts.append(_magnitude(deltas, rescaler))
-        den_parts.append(_magnitude(m * u, rescaler))  # Mⁱ ⊙ U, (T, *shape)
     for n_part, d_part in zip(num_parts, den_parts, strict=True):
         num += n_part.cpu()
         den += d_part.cpu()
-    shapes = {k: u.shape for k, u in unified.items()}
-    triggers = [Trigger(mask=masks[i], shapes=dict(shapes), rescaler=lam)
-                for i, lam in enumerate(_rescalers(num, den))]
-    return unified, triggers
+    return _rescalers(num, den)
+
+
+def _new_masks(shapes: Mapping[str, torch.Size], device: torch.device | str) -> dict[str, Tensor]:
+    return {k: torch.zeros((s.numel() + 7) // 8, dtype=torch.uint8, device=device) for k, s in shapes.items()}
+
+
+def _delta_source(delta: Mapping[str, Tensor]) -> ChunkSource:
+    return lambda key, start, stop: _flat(delta[key].detach())[start:stop]
+
+
+def _decoupled_source(unified: Mapping[str, Tensor], trigger: Trigger, device_of: Mapping[str, Tensor]) -> ChunkSource:
+    """Chunks of δ̃ⁱ = λ_i · Mⁱ ⊙ U (computed as in :func:`decouple`), on the device of ``device_of[key]``."""
+    def chunk(key: str, start: int, stop: int) -> Tensor:
+        device = device_of[key].device
+        u = _flat(unified[key])[start:stop].to(device)
+        return u * _mask_chunk(trigger.mask[key], start, stop, device) * trigger.rescaler
+
+    return chunk
 
 
 def unify_deltas(
-    deltas: list[Mapping[str, Tensor]], *, rescaler: str = "mean_abs", mask_device: torch.device | str = "cpu"
+    deltas: list[Mapping[str, Tensor]],
+    *,
+    rescaler: str = "mean_abs",
+    mask_device: torch.device | str = "cpu",
+    chunk_bytes: int | None = None,
 ) -> tuple[Delta, list[Trigger]]:
-    """One-shot election over explicit deltas δ¹…δᵀ (EMR-Merging): returns U and the T triggers."""
+    """One-shot election over explicit deltas δ¹…δᵀ (EMR-Merging): returns U and the T triggers.
+
+    Chunked (see "chunks" above): any ``chunk_bytes`` gives bit-identical results.
+    """
     _check_rescaler(rescaler)
     if not deltas:
         raise ValueError("unify_deltas needs at least one delta")
     for i, d in enumerate(deltas):
         _check_layout(deltas[0], d, f"unify_deltas(deltas[{i}])")
         _check_float(d, f"unify_deltas(deltas[{i}])")
-
-    def stacks() -> Iterator[tuple[str, Tensor]]:
-        for key, first in deltas[0].items():
-            yield key, torch.stack([d[key].detach().to(first) for d in deltas])  # (T, *shape)
-
-    return _unify_stream(stacks(), len(deltas), rescaler, mask_device)
+    first = deltas[0]
+    shapes = {k: v.shape for k, v in first.items()}
+    aligned = [{k: d[k].detach().to(first[k]).contiguous() for k in first} for d in deltas]
+    unified = {k: torch.empty_like(v, memory_format=torch.contiguous_format) for k, v in first.items()}
+    masks = [_new_masks(shapes, mask_device) for _ in deltas]
+    lams = _elect_chunked(shapes, [_delta_source(d) for d in aligned], unified, masks, rescaler, chunk_bytes)
+    return unified, [Trigger(mask=m, shapes=dict(shapes), rescaler=lam) for m, lam in zip(masks, lams, strict=True)]
 
 
 def _check_session(
-    unified: Mapping[str, Tensor] | None, triggers: list[Trigger], new_delta: Mapping[str, Tensor]
+    unified: Mapping[str, Tensor] | None, triggers: list[Trigger], new_delta: Mapping[str, Any]
 ) -> None:
-    _check_float(new_delta, "unify(new_delta)")
     if unified is None:
         if triggers:
             raise ValueError("unify: triggers were given without a unified delta")
@@ -276,31 +373,75 @@ def unify(
     *,
     rescaler: str = "mean_abs",
     mask_device: torch.device | str = "cpu",
+    chunk_bytes: int | None = None,
 ) -> tuple[Delta, list[Trigger]]:
     """One ConDU session (condu.md "Unify"): elect over {δ̃¹…δ̃ᵗ⁻¹ (decoupled from U), δᵗ (new)}.
 
-    Streams tensor by tensor: for each key the old decoupled deltas δ̃ⁱ = λ_i·Mⁱ⊙U are rebuilt for
-    that tensor only (peak ≈ U + δᵗ + (t+1) copies of one tensor). Returns the new unified delta, on
-    the devices of `new_delta`, and ALL t triggers recomputed (old ones against their decoupled deltas,
-    as the code does: the original deltas are not kept). λ_i = Σ_tensors mean|δⁱ| / Σ_tensors mean|Mⁱ⊙U|
-    ("mean_abs", the code) or ‖δⁱ‖₁ / ‖Mⁱ⊙U‖₁ ("l1"); λ_i = 1 where the denominator is 0.
+    The old decoupled deltas δ̃ⁱ = λ_i·Mⁱ⊙U are rebuilt chunk by chunk (see "chunks" above; any
+    ``chunk_bytes`` gives bit-identical results). Returns a new unified delta, on the devices of
+    `new_delta`, and ALL t triggers recomputed (old ones against their decoupled deltas, as the code
+    does: the original deltas are not kept); the inputs are not changed, so this holds a second U and
+    new masks while it runs — :func:`unify_into` is the in-place session (bounded extra memory).
+    λ_i = Σ_tensors mean|δⁱ| / Σ_tensors mean|Mⁱ⊙U| ("mean_abs", the code) or ‖δⁱ‖₁ / ‖Mⁱ⊙U‖₁ ("l1");
+    λ_i = 1 where the denominator is 0.
     """
     _check_rescaler(rescaler)
+    _check_float(new_delta, "unify(new_delta)")
     _check_session(unified, triggers, new_delta)
-
+    new = {k: v.detach().contiguous() for k, v in new_delta.items()}
+    shapes = {k: v.shape for k, v in new.items()}
     old = unified if unified is not None else {}  # _check_session: no unified delta means no old triggers
+    sources = [_decoupled_source(old, trig, new) for trig in triggers] + [_delta_source(new)]
+    out = {k: torch.empty_like(v) for k, v in new.items()}
+    masks = [_new_masks(shapes, mask_device) for _ in sources]
+    lams = _elect_chunked(shapes, sources, out, masks, rescaler, chunk_bytes)
+    logger.debug("ConDU unify: %d tasks, rescalers %s", len(lams), lams)
+    return out, [Trigger(mask=m, shapes=dict(shapes), rescaler=lam) for m, lam in zip(masks, lams, strict=True)]
 
-    def stacks() -> Iterator[tuple[str, Tensor]]:
-        for key, new in new_delta.items():
-            stack = new.new_empty((len(triggers) + 1, *new.shape))  # (T, *shape)
-            for i, trig in enumerate(triggers):
-                stack[i] = _decouple_tensor(old[key].to(new.device), trig, key)
-            stack[-1] = new.detach()
-            yield key, stack
 
-    out = _unify_stream(stacks(), len(triggers) + 1, rescaler, mask_device)
-    logger.debug("ConDU unify: %d tasks, rescalers %s", len(out[1]), [t.rescaler for t in out[1]])
-    return out
+def unify_into(
+    unified: dict[str, Tensor] | None,
+    triggers: list[Trigger],
+    theta: Mapping[str, Tensor],
+    theta0: Mapping[str, Tensor],
+    *,
+    rescaler: str = "mean_abs",
+    mask_device: torch.device | str = "cpu",
+    chunk_bytes: int | None = None,
+) -> tuple[Delta, list[Trigger]]:
+    """The session of :func:`unify` with δᵗ = θ − θ⁰ (over θ⁰'s keys), in place and in bounded memory.
+
+    Same results, bit for bit, as ``unify(unified, triggers, task_delta(theta, theta0))``, but δᵗ is
+    never materialised (taken chunk by chunk from θ and θ⁰), U and the old triggers' masks are
+    overwritten chunk by chunk and their rescalers updated, so the extra memory of a session is the
+    chunk temporaries (``chunk_bytes``) plus the new task's mask (1 bit per entry) — and, at the first
+    session only, U itself. Returns ``(U, triggers + [new trigger])``; U is ``unified`` (the same
+    tensors) when given, else a new dict on θ's devices. A failure part-way leaves U and the triggers
+    changed: reload them from a checkpoint.
+    """
+    _check_rescaler(rescaler)
+    ref = {k: v for k, v in theta0.items() if v.is_floating_point()}
+    other = {k: v for k, v in theta.items() if k in ref or v.is_floating_point()}  # as task_delta
+    _check_layout(ref, other, "unify_into(theta, theta0)")
+    _check_float(other, "unify_into(theta)")
+    _check_session(unified, triggers, ref)
+    shapes = {k: v.shape for k, v in ref.items()}
+
+    def new_chunk(key: str, start: int, stop: int) -> Tensor:  # as task_delta: θ − θ⁰.to(θ)
+        t = _flat(theta[key].detach())
+        return t[start:stop] - _flat(ref[key].detach())[start:stop].to(t)
+
+    if unified is None:
+        unified = {k: torch.empty_like(theta[k].detach(), memory_format=torch.contiguous_format) for k in ref}
+    sources = [_decoupled_source(unified, trig, theta) for trig in triggers] + [new_chunk]
+    new_trigger = Trigger(mask=_new_masks(shapes, mask_device), shapes=dict(shapes), rescaler=1.0)
+    masks = [trig.mask for trig in triggers] + [new_trigger.mask]
+    lams = _elect_chunked(shapes, sources, unified, masks, rescaler, chunk_bytes)
+    out = [*triggers, new_trigger]
+    for trig, lam in zip(out, lams, strict=True):
+        trig.rescaler = lam
+    logger.debug("ConDU unify_into: %d tasks, rescalers %s", len(lams), lams)
+    return unified, out
 
 
 # --------------------------------------------------------------------------- decouple
@@ -323,19 +464,25 @@ def decouple_into(
     theta0: Mapping[str, Tensor],
     unified: Mapping[str, Tensor],
     trigger: Trigger,
+    *,
+    chunk_bytes: int | None = None,
 ) -> None:
     """Write θ̃ⁱ = θ⁰ + λ_i · Mⁱ ⊙ U into existing tensors of `params` in place (keys of U only).
 
-    Builds a task model without a second model in memory; every key is checked before any write.
+    Builds a task model without a second model in memory: chunk by chunk (element-wise, so any
+    ``chunk_bytes`` gives the same bits), temporaries ≤ ``chunk_bytes``; every key is checked first.
     """
     _check_layout(unified, trigger.shapes, "decouple_into(unified, trigger)")
     _check_layout(params, unified, "decouple_into(params, unified)", subset=True)
     _check_layout(theta0, unified, "decouple_into(theta0, unified)", subset=True)
+    size = _chunk_elements({k: u.numel() for k, u in unified.items()}, 1, chunk_bytes)
+    source = _decoupled_source(unified, trigger, params)
     with torch.no_grad():
-        for key, u in unified.items():
-            p = params[key]
-            p.copy_(theta0[key])
-            p.add_(_decouple_tensor(u.to(p.device), trigger, key).to(p.dtype))
+        for key in unified:
+            p, p0 = _flat(params[key]), _flat(theta0[key])
+            for start, stop in _chunks(p.numel(), size):
+                p[start:stop] = p0[start:stop]
+                p[start:stop] += source(key, start, stop).to(p.dtype)
 
 
 # --------------------------------------------------------------------------- storage
