@@ -61,39 +61,44 @@ class WandBLogger(BaseLogger):
 
     def __init__(
         self,
+        project: str | None = None,
+        name: str | None = None,
         *,
-        project: str,
-        group: str | None,
-        name: str,
-        tags: list[str],
-        config: dict[str, Any],
-        mode: str = "offline",
-        dir: str | Path,
+        entity: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] | None = None,
+        config: dict[str, Any] | None = None,
+        mode: str | None = None,
+        dir: str | Path | None = None,
+        id: str | None = None,
         run_id: str | None = None,
-        resume: bool = False,
+        resume: bool | str | None = None,
+        **init_kwargs: Any,
     ) -> None:
-        """Start the W&B run.
+        """Start the W&B run; every argument is optional and means what it means for ``wandb.init``.
 
-        ``run_id`` fixes the W&B run id; with ``resume=True`` (which needs ``run_id``) an interrupted
-        run continues as the same W&B run (``resume="allow"``: it is created if it does not exist).
+        ``None`` leaves ``wandb.init``'s default (and its environment variables: ``WANDB_PROJECT``,
+        ``WANDB_ENTITY``, ``WANDB_MODE``, ``WANDB_DIR``, ...). ``run_id`` is another name for ``id``
+        (the runner's keyword). ``resume=True`` continues the run ``id`` if it exists and creates it
+        otherwise (``wandb.init(resume="allow")``), so an interrupted run goes on as the same W&B run;
+        a string (``"allow"``, ``"must"``, ``"never"``, ``"auto"``) is passed on unchanged. Further
+        keywords (``notes``, ``job_type``, ``settings``, ...) go to ``wandb.init`` as they are.
         """
         super().__init__()
-        if mode not in MODES:
+        if mode is not None and mode not in MODES:
             raise ValueError(f"WandBLogger mode must be one of {MODES}, got {mode!r}")
-        if resume and not run_id:
+        if id is not None and run_id is not None and id != run_id:
+            raise ValueError(f"WandBLogger: id={id!r} and run_id={run_id!r} differ; give one of them")
+        run_id = id if id is not None else run_id
+        if resume is True and not run_id:
             raise ValueError("WandBLogger resume=True needs a run_id (the id of the run to continue)")
-        self.dir = Path(dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if dir is not None:
+            Path(dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=project,
-            group=group,
-            name=name,
-            tags=list(tags),
-            config=dict(config),
-            mode=mode,
-            dir=str(self.dir),
-            id=run_id,
-            resume="allow" if resume else None,
+            project=project, entity=entity, name=name, group=group,
+            tags=None if tags is None else list(tags), config=None if config is None else dict(config),
+            mode=mode, dir=None if dir is None else str(dir), id=run_id,
+            resume="allow" if resume is True else (resume or None), **init_kwargs,
         )
         self.run.define_metric(STEP_METRIC)
         self.run.define_metric(EXPERIENCE_METRIC, step_metric=STEP_METRIC)
@@ -101,7 +106,7 @@ class WandBLogger(BaseLogger):
         self.last_x_plot = 0
         self.experiences_done = 0
         self._finished = False
-        log.info("W&B run %s (%s mode) in %s", self.run.id, mode, self.dir)
+        log.info("W&B run %s (%s mode) in %s", self.run.id, self.run.settings.mode, self.run_dir)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -171,6 +171,30 @@ def test_invalid_arguments_raise(tmp_path: Path) -> None:
         _logger(tmp_path, resume=True)
 
 
+def test_every_argument_is_optional_like_wandb_init() -> None:
+    logger = WandBLogger()  # project, name, mode, dir ... : wandb.init's defaults and WANDB_* variables
+    assert logger.run.settings.mode == "offline"  # WANDB_MODE=offline (fixture)
+    assert logger.run_dir.parent.name == "wandb" and logger.run_dir.name.startswith("offline-run-")
+    logger.log_single_metric("a", 1.0, 1)
+    run_dir = logger.run_dir
+    logger.finish()
+    history, _, config = _read_offline_run(run_dir)
+    assert [r["a"] for r in history if "a" in r] == [1] and not {k for k in config if not k.startswith("_")}
+
+
+def test_wandb_init_arguments_pass_through(tmp_path: Path) -> None:
+    logger = WandBLogger("proj", "a-name", entity="my-team", id="given01", notes="why", job_type="train",
+                         dir=tmp_path / "new" / "folder")
+    run = logger.run
+    assert (run.project, run.name, run.entity, run.id, run.notes, run.job_type) == (
+        "proj", "a-name", "my-team", "given01", "why", "train")
+    assert logger.run_dir.parent == tmp_path / "new" / "folder" / "wandb"
+    logger.finish()
+    assert WandBLogger(run_id="same01", id="same01", dir=tmp_path).run_id == "same01"  # the runner's keyword
+    with pytest.raises(ValueError, match="id='a1' and run_id='b2' differ"):
+        WandBLogger(id="a1", run_id="b2", dir=tmp_path)
+
+
 def test_resume_continues_same_run_id(tmp_path: Path) -> None:
     first = _logger(tmp_path, run_id="resume01")
     first.log_single_metric("a", 1.0, 1)
