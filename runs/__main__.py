@@ -1,7 +1,14 @@
-"""Command line: ``python -m runs {run,validate,report,data} ...``.
+"""Command line: python -m runs {run,validate,report,data,bench} ...
 
-Exit codes: 0 success, 2 invalid suite / missing dataset / unavailable weights (one message, no stack
-trace); ``data check`` exits 1 when something is missing or corrupt.
+Exit codes (every command):
+  0    everything asked for finished
+  1    something ran and at least one run failed, or work began and a later
+       environment step failed (e.g. publishing needs a login); data check: data missing
+  2    bad input or refused before any work: nothing ran, nothing was written
+       (invalid suite or --set, unknown --only name, changed config without
+       --rerun-changed, device / data / weights unavailable)
+  130  interrupted (Ctrl-C or SIGTERM); the last checkpoint is kept and the next
+       run resumes it
 """
 
 from __future__ import annotations
@@ -9,24 +16,38 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("runs")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m runs", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="python -m runs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print Avalanche's metric dump")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run a suite (skips finished runs, resumes interrupted ones)")
     run.add_argument("suite", help="suite YAML file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a run field for every run, e.g. --set train.epochs=2 (repeatable)")
-    run.add_argument("--only", action="append", default=None, metavar="NAME", help="run only these run names")
+    _suite_options(run)
     run.add_argument("--online", action="store_true", help="log to W&B online (default: the suite's mode)")
+    run.add_argument("--rerun-changed", action="store_true",
+                     help="move folders of runs whose config changed to <suite>/.superseded/ and run them again")
+    run.add_argument("--rerun-failed", action="store_true", help="restart failed runs from scratch")
+    run.add_argument("--fail-fast", action="store_true", help="stop the suite at the first failed run")
     validate = sub.add_parser("validate", help="check a suite file without running it")
     validate.add_argument("suite")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _suite_options(validate)
     report = sub.add_parser("report", help="rebuild the suite table and plots from its run folders")
-    report.add_argument("suite_dir", help="e.g. outputs/smoke")
+    report.add_argument("suite_dir", help="a suite's output folder (e.g. outputs/smoke) or its YAML file")
+    share = sub.add_parser("share", help="publish the suite as a W&B Report (writes report.json; --dry-run: offline)")
+    share.add_argument("suite", help="a suite's output folder (e.g. outputs/smoke) or its YAML file")
+    share.add_argument("--entity", default=None, help="W&B entity (default: the suite's, else the login's)")
+    share.add_argument("--project", default=None, help="W&B project (default: the suite's, else clip-cl)")
+    share.add_argument("--dry-run", action="store_true", help="build the Report offline and write its outline only")
+    sub.add_parser("list", help="methods, streams and unit kinds with their options and defaults")
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="report what is present, missing or corrupt for a stream")
@@ -45,38 +66,76 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _suite_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[RUN:]KEY=VALUE",
+                        help="override a field: train.epochs=2 (every selected run that has it), "
+                             "lwf:method.alpha=2 (one run), suite.wandb.project=p (suite level); repeatable")
+    parser.add_argument("--only", action="append", default=None, metavar="NAME",
+                        help="only these runs (repeatable); --set applies to them only")
+    parser.add_argument("--output-dir", default=None, help="the suite's output folder root (default: its output_dir)")
+
+
+def _load(args: argparse.Namespace) -> Any:
     from .config import load_suite
+
+    return load_suite(args.suite, args.overrides, only=args.only, output_dir=args.output_dir)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from .report import format_table
     from .runner import run_suite
 
-    suite = load_suite(args.suite, args.overrides)
-    records = run_suite(suite, online=args.online, only=args.only)
-    print(format_table(records))
-    print(f"\nresults: {Path(suite.output_dir) / suite.name}/results.md (.csv, plots)")
-    return 0
+    suite = _load(args)
+    outcome = run_suite(suite, online=args.online, only=args.only, rerun_changed=args.rerun_changed,
+                        rerun_failed=args.rerun_failed, fail_fast=args.fail_fast, verbose=args.verbose)
+    if outcome.records:
+        print(format_table(outcome.records))
+        print(f"results: {suite.dir}/results.md (.csv, plots)")
+    for run_id, reason in outcome.failed:
+        print(f"failed: {reason}" if reason.startswith(run_id) else f"failed: {run_id}: {reason}", file=sys.stderr)
+    return outcome.exit_code
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .config import load_suite
+    from .runner import check_machine
 
-    suite = load_suite(args.suite, args.overrides)
+    suite = _load(args)
     n = sum(len(r.seeds) for r in suite.runs)
     print(f"{args.suite}: valid suite '{suite.name}': {len(suite.runs)} runs, {n} with seeds")
     for run in suite.runs:
+        assert run.method is not None and run.stream is not None
         print(f"  {run.name}: {run.method.name} on {run.stream.name}, model {run.model.arch}/"
               f"{run.model.pretrained} ({run.model.units.kind} units), seeds {run.seeds}")
-    return 0
+        for problem in check_machine(run):  # a login node may lack them: a warning, not an error
+            print(f"  warning: {run.name}: on this machine: {problem}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import format_table, load_run_records, write_results
+    from .report import format_table, load_run_records, resolve_suite_dir, write_results
 
-    records = load_run_records(Path(args.suite_dir))
-    paths = write_results(records, Path(args.suite_dir))
+    suite_dir = resolve_suite_dir(args.suite_dir)
+    records = load_run_records(suite_dir)
+    if not records:
+        print(f"error: {suite_dir}: no finished or failed run folders", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    paths = write_results(records, suite_dir)
     print(format_table(records))
     print("\n".join(f"wrote {p}" for p in paths.values()))
-    return 0
+    return EXIT_OK
+
+
+def _cmd_share(args: argparse.Namespace) -> int:
+    from .share import main as share_main
+
+    return share_main(args)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .listing import format_listing
+
+    print(format_listing())
+    return EXIT_OK
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -86,9 +145,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
         lines = check_stream(args.stream, args.data_root)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(format_report(lines))
-    return 0 if all(line.status in ("present", "incomplete") for line in lines) else 1
+    return EXIT_OK if all(line.status in ("present", "incomplete") for line in lines) else EXIT_FAILED
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -97,33 +156,62 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         print(condu_storage(arch=args.arch, units=args.units or "full", classes_per_task=args.classes_per_task,
                             tasks=args.tasks))
-        return 0
+        return EXIT_OK
     from .bench import bench_mozo
 
     print(bench_mozo(arch=args.arch, batch_size=args.batch_size, steps=args.steps, device=args.device,
                      units=args.units or "moe"))
-    return 0
+    return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "report": _cmd_report, "data": _cmd_data,
+            "bench": _cmd_bench, "share": _cmd_share, "list": _cmd_list}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _install_signals() -> None:
+    """SIGTERM stops a run like Ctrl-C — except inside a submitit job, whose own handlers requeue it."""
+    if "SUBMITIT_EXECUTOR" in os.environ:
+        return
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (e.g. main() called from a worker thread)
+        pass
+
+
+def _configure_logging(verbose: bool) -> None:
     # our packages speak at INFO; third-party libraries (open_clip logs to the root logger) at WARNING
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("runs", "strategies", "benchmarks"):
         logging.getLogger(name).setLevel(logging.INFO)
     os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        return int(exit_.code or 0)
+    _configure_logging(args.verbose)
+    _install_signals()
     from benchmarks import DatasetMissingError
     from strategies.clip import WeightsUnavailableError
 
     from .config import ConfigError
+    from .io import OutputError
+    from .report import RunFolderError
 
-    commands = {"run": _cmd_run, "validate": _cmd_validate, "report": _cmd_report, "data": _cmd_data,
-                "bench": _cmd_bench}
     try:
-        return commands[args.command](args)
-    except (ConfigError, DatasetMissingError, WeightsUnavailableError) as error:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DatasetMissingError, WeightsUnavailableError, OutputError, RunFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

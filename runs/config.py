@@ -2,7 +2,7 @@
 
 A suite file::
 
-    name: smoke                      # suite name (output folder, W&B group)
+    name: smoke                      # suite name (output folder, W&B group): letters, digits, _ and -
     output_dir: outputs              # where run folders and the suite table go
     wandb: {mode: offline, project: clip-cl, tags: [smoke]}
     defaults:                        # a partial run, deep-merged under every run
@@ -13,32 +13,50 @@ A suite file::
     runs:
       - method: zeroshot
       - method: {name: lwf, alpha: 1.0}
-        name: lwf-a1                 # display name (default: the method name)
+        name: lwf-a1                 # display name and folder (default: the method name)
 
 Every default lives in a component's dataclass (``ModelConfig``, ``TrainConfig``, a stream's or a
 method's config); a method's paper recipe (``MethodSpec.recipe``, e.g. ConDU's label smoothing and
 1000 iterations) overrides ``TrainConfig`` defaults for that method. Precedence: dataclass defaults
 < method recipe < ``defaults:`` < the run's entry < ``--set`` overrides from the command line.
-Any unknown key, wrong type or unknown method/stream raises
-:class:`ConfigError` naming the file, the field and the allowed values.
+
+Validation (everything :func:`load_suite` checks before any work; all failures are one
+:class:`ConfigError` line naming the file, the field and the allowed values, never a long value):
+
+- the YAML itself within budgets (:mod:`runs.yamlio`: size, depth, alias expansion, duplicate keys);
+- schema: unknown keys, wrong types, unknown method / stream / option values;
+- ranges (:data:`RANGES`): sizes and counts >= 1, rates finite and > 0, fractions in [0, 1), every
+  float finite; dict fields key by key;
+- names: suite and run names are 1-64 letters, digits, ``_`` or ``-`` and not a field name, so no
+  path derived from a YAML value leaves ``output_dir``; unique run names and seeds;
+- cross-field facts known without data: the open_clip architecture exists (close matches listed),
+  the device is one torch knows, a stream's classes divide into its experiences, MoZO's layer
+  selection fits the model's depth.
+
+Machine facts (the device is present, data and weights are available) are checked by
+``runs.preflight`` where a run will start.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from benchmarks import STREAMS
 from strategies.clip import ModelConfig
 from strategies.registry import METHODS
 from strategies.training import TrainConfig
+
+from .yamlio import YAMLBudgetError, load_bytes, loads, short
 
 
 class ConfigError(ValueError):
@@ -70,7 +88,7 @@ class Choice:
 
 @dataclass
 class RunConfig:
-    name: str = ""  # display name in tables (default: the method name)
+    name: str = ""  # display name and folder name (default: the method name)
     method: Choice | None = None  # strategy and its options (YAML: a name or {name: ..., **options})
     stream: Choice | None = None  # benchmark stream and its options (same form)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -79,6 +97,7 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # one run per seed
     data_root: str = "data"  # folder holding every dataset (relative paths: to the working directory)
     download: bool = True  # let dataset loaders download what is missing where the source allows it
+    reference: str | None = None  # published row to compare with, e.g. mozo/cifar100-10/mozo (runs/references)
 
 
 @dataclass
@@ -88,9 +107,35 @@ class SuiteConfig:
     output_dir: str = "outputs"  # root of run folders and tables
     wandb: WandbConfig = field(default_factory=WandbConfig)
     file: str = ""  # the YAML file this came from
+    overrides: list[str] = field(default_factory=list)  # the --set strings it was loaded with
+
+    @property
+    def dir(self) -> Path:
+        """``<output_dir>/<name>``: run folders, tables and plots."""
+        return Path(self.output_dir) / self.name
 
 
-_SUITE_KEYS = {"name", "output_dir", "wandb", "defaults", "runs"}
+_SUITE_KEYS = ("defaults", "name", "output_dir", "runs", "wandb")
+_RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RESERVED_NAMES = frozenset({*_SUITE_KEYS, *_RUN_KEYS, "suite"})  # a name must not read as a field in --set
+
+# ---- ranges, by field name (``Class.field`` entries win over plain names) ------------------------
+# (low, high, low_inclusive, high_inclusive); None = unbounded. Ints default to >= 0, floats to finite.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    **{name: (1, None, True, True) for name in (
+        "epochs", "iterations", "batch_size", "eval_batch_size", "n_classes", "n_experiences", "steps",
+        "initial", "increment", "train_per_class", "test_per_class", "bottleneck", "experts", "top_k",
+        "lora_rank", "queries", "log_every", "cache_models", "mem_size", "patterns_per_exp", "sample_size",
+        "shots", "prototype_images")},
+    "ConDUConfig.top_k": (0, None, True, True),  # 0 = the pretrained model only
+    **{name: (0, None, False, True) for name in (
+        "lr", "zo_lr", "eps_language", "eps_vision", "temperature", "lora_scale", "lr_by_experience")},
+    **{name: (0, None, True, True) for name in (
+        "weight_decay", "zo_weight_decay", "alpha", "ewc_lambda", "si_lambda", "mix", "decay_factor")},
+    **{name: (0, 1, True, False) for name in ("label_smoothing", "dropout", "momentum")},
+}
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 # ---- generic dataclass validation --------------------------------------------------------------
@@ -106,14 +151,13 @@ def _coerce(value: Any, tp: Any, where: str, file: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _coerce(value, option, where, file)
-            except ConfigError as error:
-                errors.append(error)
+            except ConfigError:
+                pass
         allowed = " or ".join(_type_name(a) for a in typing.get_args(tp))
-        raise ConfigError(f"{file}: {where} = {value!r}: expected {allowed}")
+        raise ConfigError(f"{file}: {where} = {short(value)}: expected {allowed}")
     if tp is type(None):
         if value is None:
             return None
@@ -121,7 +165,7 @@ def _coerce(value: Any, tp: Any, where: str, file: str) -> Any:
         if value in typing.get_args(tp):
             return value
         allowed = ", ".join(str(a) for a in typing.get_args(tp))
-        raise ConfigError(f"{file}: {where} = {value!r}: allowed values: {allowed}")
+        raise ConfigError(f"{file}: {where} = {short(value)}: allowed values: {allowed}")
     elif dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where, file)
     elif origin is list:
@@ -130,44 +174,89 @@ def _coerce(value: Any, tp: Any, where: str, file: str) -> Any:
             return [_coerce(v, item, f"{where}[{i}]", file) for i, v in enumerate(value)]
     elif origin is dict:
         if isinstance(value, dict):
-            return value
+            key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+            return {_coerce(k, key_tp, f"{where} key", file): _coerce(v, value_tp, f"{where}.{k}", file)
+                    for k, v in value.items()}
     elif tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = _as_float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{file}: {where} = {short(value)}: must be a finite number")
+            return number
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{file}: {where} = {value!r}: expected {_type_name(tp)}, got {type(value).__name__}")
+    raise ConfigError(f"{file}: {where} = {short(value)}: expected {_type_name(tp)}, got {type(value).__name__}")
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _check_range(cls: type, name: str, value: Any, where: str, file: str) -> None:
+    """Apply :data:`RANGES` to one coerced field value (lists and dict values element-wise)."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_range(cls, name, item, f"{where}[{i}]", file)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_range(cls, name, item, f"{where}.{key}", file)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    bounds = RANGES.get(f"{cls.__name__}.{name}") or RANGES.get(name)
+    if bounds is None:
+        if isinstance(value, int) and value < 0:
+            raise ConfigError(f"{file}: {where} = {value}: must be >= 0")
+        return
+    low, high, low_inclusive, high_inclusive = bounds
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if too_low or too_high:
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        allowed = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise ConfigError(f"{file}: {where} = {short(value)}: must be in {allowed}")
 
 
 def from_dict(cls: type, data: Any, where: str, file: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys, wrong types and out-of-range values."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{file}: {where} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{file}: {where or 'the suite'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in data:
         if key not in names:
-            raise ConfigError(f"{file}: unknown key '{_join(where, key)}'; allowed keys: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], _join(where, k), file) for k, v in data.items()}
-    return cls(**kwargs)
+            raise ConfigError(f"{file}: unknown key {_join(where, short(key).strip(chr(39)))!r}; "
+                              f"allowed keys: {', '.join(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(value, hints[key], _join(where, key), file)
+        _check_range(cls, key, kwargs[key], _join(where, key), file)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{file}: {where or 'the suite'}: {error}") from None
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
 
 
 def _choice(data: Any, registry: dict[str, Any], where: str, file: str) -> Choice:
@@ -179,9 +268,82 @@ def _choice(data: Any, registry: dict[str, Any], where: str, file: str) -> Choic
                           f"{', '.join(sorted(registry))}")
     options = dict(data)
     name = options.pop("name")
-    if name not in registry:
-        raise ConfigError(f"{file}: {where}.name = {name!r}: unknown; allowed names: {', '.join(sorted(registry))}")
+    if not isinstance(name, str) or name not in registry:
+        raise ConfigError(f"{file}: {where}.name = {short(name)}: unknown; allowed names: "
+                          f"{', '.join(sorted(registry))}")
     return Choice(name, from_dict(registry[name].config, options, where, file))
+
+
+# ---- names and cross-field checks --------------------------------------------------------------
+def check_name(name: Any, where: str, file: str) -> str:
+    """Suite/run names are folder names: 1-64 of [A-Za-z0-9_-], not a field name."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError(f"{file}: {where} = {short(name)}: a name is 1-64 letters, digits, '_' or '-' "
+                          f"(no '.', '/', spaces)")
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"{file}: {where} = {name!r}: reserved (a field name); choose another name")
+    return name
+
+
+@cache
+def _known_archs() -> tuple[str, ...]:
+    import open_clip
+
+    from strategies.clip.model import register_model_configs
+
+    register_model_configs()
+    return tuple(open_clip.list_models())
+
+
+def _arch_depths(arch: str) -> dict[str, int]:
+    import open_clip
+
+    cfg = open_clip.get_model_config(arch) or {}
+    depths = {}
+    for tower, key in (("vision", "vision_cfg"), ("language", "text_cfg")):
+        layers = (cfg.get(key) or {}).get("layers")
+        if isinstance(layers, int):
+            depths[tower] = layers
+    return depths
+
+
+def check_run(run: RunConfig, where: str, file: str) -> None:
+    """Facts about one run that are known without data, weights or a device."""
+    assert run.method is not None and run.stream is not None
+    archs = _known_archs()
+    if run.model.arch not in archs:
+        close = difflib.get_close_matches(run.model.arch, archs, n=4)
+        hint = f"; close matches: {', '.join(close)}" if close else "; see open_clip.list_models()"
+        raise ConfigError(f"{file}: {where}.model.arch = {short(run.model.arch)}: not an open_clip model{hint}")
+    if not DEVICE_PATTERN.match(run.train.device):
+        raise ConfigError(f"{file}: {where}.train.device = {short(run.train.device)}: allowed: auto, cpu, "
+                          f"cuda, cuda:N, mps")
+    check = STREAMS[run.stream.name].check
+    if check is not None:
+        try:
+            check(run.stream.cfg)
+        except ValueError as error:
+            raise ConfigError(f"{file}: {where}.stream: {error}") from None
+    cfg = run.method.cfg
+    if hasattr(cfg, "layers") and hasattr(cfg, "branch"):
+        _check_layers(run, cfg, where, file)
+    if len(set(run.seeds)) != len(run.seeds):
+        raise ConfigError(f"{file}: {where}.seeds = {short(run.seeds)}: seeds must be unique")
+
+
+def _check_layers(run: RunConfig, cfg: Any, where: str, file: str) -> None:
+    from strategies.mozo.selector import select_zo_units
+
+    depths = _arch_depths(run.model.arch)
+    keys = [(tower, i) for tower, depth in depths.items() if tower in run.model.units.branches
+            for i in range(depth)]
+    if not keys or run.model.units.kind in ("none", "full"):
+        return
+    try:
+        select_zo_units(keys, cfg.branch, cfg.layers, one_based=getattr(cfg, "one_based", True))
+    except ValueError as error:
+        raise ConfigError(f"{file}: {where}.method.layers = {short(cfg.layers)}: {error} "
+                          f"(model {run.model.arch}: {depths})") from None
 
 
 # ---- suite loading -----------------------------------------------------------------------------
@@ -207,6 +369,8 @@ def deep_merge(base: dict, override: dict) -> dict:
 def set_override(data: dict, dotted: str, value: Any) -> None:
     """Apply one ``--set a.b.c=value`` to a raw run mapping."""
     keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"--set {short(dotted)}: empty field name")
     node = data
     for key in keys[:-1]:
         if isinstance(node.get(key), str) and key in ("method", "stream"):
@@ -215,6 +379,52 @@ def set_override(data: dict, dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: '{key}' is not a mapping")
     node[keys[-1]] = value
+
+
+@dataclass
+class Override:
+    """One ``--set`` item: ``[RUN:]key=value`` or ``suite.key=value``."""
+
+    text: str
+    key: str
+    value: Any
+    run: str | None = None  # only this run (``RUN:key=value``)
+    suite_level: bool = False  # ``suite.name``, ``suite.output_dir``, ``suite.wandb.*``
+
+
+def parse_override(item: str) -> Override:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {short(item)}: expected KEY=VALUE, e.g. train.epochs=2")
+    try:
+        value = loads(raw)
+    except YAMLBudgetError as error:
+        raise ConfigError(f"--set {short(item)}: {error}") from None
+    run, colon, rest = key.partition(":")
+    if colon:
+        return Override(item, rest, value, run=run)
+    if key.startswith("suite."):
+        return Override(item, key[len("suite."):], value, suite_level=True)
+    return Override(item, key, value)
+
+
+def _component_has(merged: dict, key: str) -> bool:
+    """Does ``method.x`` / ``stream.x`` name an option of the component this run uses?"""
+    parts = key.split(".")
+    if parts[0] not in ("method", "stream") or len(parts) < 2 or parts[1] == "name":
+        return True
+    registry = METHODS if parts[0] == "method" else STREAMS
+    current = merged.get(parts[0])
+    name = current if isinstance(current, str) else (current or {}).get("name")
+    if name not in registry:
+        return True  # the run's own error (unknown component) is reported by parse_run
+    return parts[1] in {f.name for f in dataclasses.fields(registry[name].config)}
+
+
+def _owners(key: str) -> list[str]:
+    section, option = key.split(".")[:2]
+    registry = METHODS if section == "method" else STREAMS
+    return sorted(n for n, spec in registry.items() if option in {f.name for f in dataclasses.fields(spec.config)})
 
 
 def parse_run(raw: dict, file: str, where: str) -> RunConfig:
@@ -230,27 +440,64 @@ def parse_run(raw: dict, file: str, where: str) -> RunConfig:
     run = from_dict(RunConfig, rest, where, file)
     run.method = method
     run.stream = _choice(raw["stream"], STREAMS, _join(where, "stream"), file)
-    run.name = run.name or run.method.name
+    run.name = check_name(run.name or run.method.name, _join(where, "name"), file)
     if not run.seeds:
         raise ConfigError(f"{file}: {_join(where, 'seeds')} is empty; give at least one seed")
+    check_run(run, where, file)
     return run
 
 
-def load_suite(path: str | Path, overrides: list[str] | None = None) -> SuiteConfig:
-    """Read, merge and validate a suite file; ``overrides`` are ``a.b=value`` strings for every run."""
+def read_suite_file(path: str | Path) -> dict:
+    """The raw mapping of a suite file, within the YAML budgets; one ConfigError line otherwise."""
     file = str(path)
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{file}: is a folder; give the suite YAML file (e.g. runs/suites/smoke.yaml)")
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        data = target.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such suite file") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{file}: not valid YAML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read: {error.strerror}") from None
+    try:
+        raw = load_bytes(data)
+    except YAMLBudgetError as error:
+        raise ConfigError(f"{file}: {error}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: a suite must be a mapping with keys {', '.join(sorted(_SUITE_KEYS))}")
-    unknown = set(raw) - _SUITE_KEYS
+        raise ConfigError(f"{file}: a suite must be a mapping with keys {', '.join(_SUITE_KEYS)}")
+    unknown = [k for k in raw if k not in _SUITE_KEYS]
     if unknown:
-        raise ConfigError(f"{file}: unknown key '{sorted(unknown)[0]}'; allowed keys: {', '.join(sorted(_SUITE_KEYS))}")
-    if not isinstance(raw.get("name"), str):
+        raise ConfigError(f"{file}: unknown key {short(unknown[0])}; allowed keys: {', '.join(_SUITE_KEYS)}")
+    return raw
+
+
+def _apply_suite_overrides(raw: dict, overrides: list[Override]) -> None:
+    for item in overrides:
+        top = item.key.split(".")[0]
+        if top not in ("name", "output_dir", "wandb"):
+            raise ConfigError(f"--set {short(item.text)}: suite-level fields are suite.name, suite.output_dir, "
+                              f"suite.wandb.<field>")
+        set_override(raw, item.key, item.value)
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None, *, only: list[str] | None = None,
+               output_dir: str | None = None) -> SuiteConfig:
+    """Read, merge and validate a suite file.
+
+    ``overrides``: ``--set`` strings: ``key=value`` applies to every selected run that has the field
+    (``method.alpha`` only to methods with an ``alpha`` option; an error when none has it),
+    ``RUN:key=value`` to one run, ``suite.key=value`` to a suite-level field. ``only``: run names
+    the overrides are scoped to (unknown names are an error listing the names). ``output_dir``
+    replaces the suite's ``output_dir``.
+    """
+    file = str(path)
+    raw = read_suite_file(path)
+    parsed = [parse_override(item) for item in overrides or []]
+    _apply_suite_overrides(raw, [o for o in parsed if o.suite_level])
+    if output_dir is not None:
+        raw["output_dir"] = output_dir
+    name = check_name(raw.get("name"), "name", file) if "name" in raw else None
+    if name is None:
         raise ConfigError(f"{file}: 'name' (the suite name, a string) is required")
     entries = raw.get("runs")
     if not isinstance(entries, list) or not entries:
@@ -258,26 +505,53 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> SuiteCon
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{file}: 'defaults' must be a mapping")
-    runs = []
+    merged_runs = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ConfigError(f"{file}: runs[{i}] must be a mapping with at least 'method'")
-        merged = deep_merge(defaults, entry)
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
-            set_override(merged, key, yaml.safe_load(value))
-        runs.append(parse_run(merged, file, f"runs[{i}]"))
-    names = [r.name for r in runs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+        merged_runs.append(deep_merge(defaults, entry))
+    names = [_raw_name(m) for m in merged_runs]
+    _check_selection(file, names, only, [o.run for o in parsed if o.run])
+    selected = [only is None or n in only for n in names]
+    run_overrides = [o for o in parsed if not o.suite_level]
+    for item in run_overrides:
+        targets = [i for i, n in enumerate(names) if selected[i] and (item.run is None or item.run == n)
+                   and (item.run is not None or _component_has(merged_runs[i], item.key))]
+        if not targets:
+            raise ConfigError(f"--set {short(item.text)}: no selected run has option {item.key!r}; "
+                              f"methods/streams with it: {', '.join(_owners(item.key)) or 'none'}")
+        for i in targets:
+            set_override(merged_runs[i], item.key, item.value)
+    runs = [parse_run(m, file, f"runs[{i}]") for i, m in enumerate(merged_runs)]
+    duplicates = sorted({r.name for r in runs if [x.name for x in runs].count(r.name) > 1})
     if duplicates:
         raise ConfigError(f"{file}: run names must be unique; repeated: {', '.join(duplicates)} "
                           f"(set 'name:' on the runs)")
     wandb = from_dict(WandbConfig, raw.get("wandb"), "wandb", file)
-    output_dir = _coerce(raw.get("output_dir", "outputs"), str, "output_dir", file)
-    return SuiteConfig(name=raw["name"], runs=runs, output_dir=output_dir,
-                       wandb=wandb, file=file)
+    out = _coerce(raw.get("output_dir", "outputs"), str, "output_dir", file)
+    if not out.strip():
+        raise ConfigError(f"{file}: output_dir is empty; give a folder (e.g. outputs)")
+    return SuiteConfig(name=name, runs=runs, output_dir=out, wandb=wandb, file=file, overrides=list(overrides or []))
+
+
+def _raw_name(merged: dict) -> str:
+    name = merged.get("name")
+    if name:
+        return name if isinstance(name, str) else str(name)
+    method = merged.get("method")
+    return method if isinstance(method, str) else str((method or {}).get("name", ""))
+
+
+def _check_selection(file: str, names: list[str], only: list[str] | None, run_prefixes: list[str]) -> None:
+    known = ", ".join(dict.fromkeys(names))
+    for name in only or []:
+        if name not in names:
+            raise ConfigError(f"{file}: --only {short(name)}: no such run; runs: {known}")
+    for name in run_prefixes:
+        if name not in names:
+            raise ConfigError(f"--set {short(name)}:...: no such run; runs: {known}")
+        if only is not None and name not in only:
+            raise ConfigError(f"--set {name}:...: run {name!r} is not selected by --only")
 
 
 def to_plain(obj: Any) -> Any:

@@ -23,7 +23,7 @@ def _smoke(tmp_path, overrides=()):
 
 def test_smoke_suite_end_to_end(tmp_path):
     suite = _smoke(tmp_path)
-    records = run_suite(suite)
+    records = run_suite(suite).records
     assert sorted(r["name"] for r in records) == ["ewc", "lwf", "naive", "replay", "zeroshot"]
     suite_dir = tmp_path / "outputs" / "smoke"
     for name in ("results.md", "results.csv", "runs.csv", "accuracy_per_step.png"):
@@ -48,13 +48,13 @@ def test_smoke_suite_end_to_end(tmp_path):
     naive = np.asarray(by_name["naive"]["matrix"])
     assert np.mean(np.diag(naive)) > np.mean(np.diag(np.asarray(zs["matrix"]))) + 0.2
     # a second invocation skips finished runs and returns the same table
-    again = run_suite(suite)
+    again = run_suite(suite).records
     assert [r["metrics"] for r in sorted(again, key=lambda r: r["name"])] == [
         r["metrics"] for r in sorted(records, key=lambda r: r["name"])
     ]
 
 
-class _Interrupt(RuntimeError):
+class _Interrupt(KeyboardInterrupt):
     pass
 
 
