@@ -8,8 +8,12 @@ fake kernels for at import time. PIL transforms, datasets and models work; ``tor
 kernels (NMS, RoI) do not, and this project uses none of them. With a matching torch/torchvision
 pair (any GPU install) the extension loads and this module does nothing.
 
-Import it before anything that imports torchvision (avalanche, open_clip, timm); every package of
-this project does so in its ``__init__``.
+It must run before torchvision is imported. The installed package does that for every script:
+``clip_cl_torchvision_hook.pth`` (installed by ``setup.py``, editable installs included) runs the
+module of that name at start-up, whose finder imports this module just before the first ``import
+torchvision`` — so ``import avalanche`` / ``open_clip`` / ``torchvision`` may be a script's first
+line. Every package of this project also imports it in its ``__init__`` (a source checkout that is
+not installed).
 """
 
 from __future__ import annotations
