@@ -66,7 +66,8 @@ METRIC_DEFINITIONS = {
         "**Last** = that accuracy after the last step; **Forgetting** = mean over the first T−1 "
         "experiences of (best accuracy before the last step − accuracy after it); **BWT** = mean over "
         "them of (accuracy after the last step − accuracy right after learning it); **Zero-shot** = "
-        "accuracy of the untrained model on the whole test stream."
+        "accuracy of the untrained model on every test experience, each scored over its own classes "
+        "(row 0 of the matrix: nothing is seen yet), sample-weighted."
     ),
     "task": (
         "MTIL (each dataset scored over its own classes; ZSCL's definitions, unweighted): **Transfer** "
@@ -432,10 +433,10 @@ RANDOM_MARK = "RANDOM WEIGHTS — pipeline check, not paper results"
 
 
 def _mark_random(figure: Figure) -> None:
-    """A visible diagonal watermark plus a red footer line."""
+    """A visible diagonal watermark plus a red footer line (the layout keeps room for it)."""
     figure.text(0.5, 0.5, "RANDOM WEIGHTS", fontsize=28, color="red", alpha=0.18, rotation=25,
                 ha="center", va="center")
-    figure.text(0.5, 0.005, RANDOM_MARK, fontsize=9, color="red", ha="center", va="bottom")
+    figure.supxlabel(RANDOM_MARK, fontsize=9, color="red")
 
 
 def accuracy_figure(summaries: Sequence[dict[str, Any]], *, suite: str | None = None) -> Figure:

@@ -49,10 +49,12 @@ OUTLINE_FILE = "report.json"
 STATE_FILE = "wandb_report.json"  # {"report_id", "entity", "project", "url"}
 SUITE_RUN_FILE = "suite_run.json"  # {"nonce", "wandb_id"} of the suite-level W&B run
 OFFLINE_ENTITY = "<entity>"  # placeholder in the dry-run outline when no entity is known
-# History keys the runs log per training step (x: the experience index), see the runner.
-EXPERIENCE_KEY = "trainer/experience"
+# History keys the runner logs after each training step (x: the experience index, 1-based), and
+# the x axis of Avalanche-published figures (MoZO's ZO diagnostics, ConDU's storage).
+EXPERIENCE_KEY = "results/experience"
 SEEN_ACCURACY_KEY = "results/acc_seen"
 TRANSFER_KEY = "results/transfer"
+STEP_KEY = "trainer/step"
 MATRIX_KEY = "accuracy_matrix"
 ZO_KEYS = ("MoZO/zo_loss", "MoZO/fo_loss", "MoZO/projected_grad", "MoZO/candidate")
 CONDU_KEYS = ("ConDU/storage_shared_bytes", "ConDU/storage_task_bytes", "ConDU/storage_total_bytes")
@@ -163,8 +165,8 @@ def build_report(info: SuiteInfo, entity: str) -> Any:
             blocks.append(wr.PanelGrid(
                 runsets=[_runset(wr, info, entity, [str(record["wandb_id"])], str(record["run_id"]))],
                 panels=[wr.WeavePanelSummaryTable(table_name=MATRIX_KEY)]))
-    for methods, title, keys, x in ((("mozo",), "MoZO ZO diagnostics", ZO_KEYS, "trainer/step"),
-                                    (("condu",), "ConDU storage", CONDU_KEYS, EXPERIENCE_KEY)):
+    for methods, title, keys, x in ((("mozo",), "MoZO ZO diagnostics", ZO_KEYS, STEP_KEY),
+                                    (("condu",), "ConDU storage", CONDU_KEYS, STEP_KEY)):
         method_ids = _ids_of(info.records, methods)
         if method_ids:
             blocks += [wr.H2(title), wr.PanelGrid(

@@ -213,13 +213,14 @@ def test_accuracy_curve_starts_at_zero_shot_point_and_marks_random_weights(recor
     naive_line = next(line for line in first_axes.get_lines() if line.get_label().startswith("naive"))
     assert list(naive_line.get_xdata()) == [0, 1, 2, 3]
     assert list(naive_line.get_ydata()) == pytest.approx([30.0, 90.0, 80.0, 62.0])  # zero-shot, then steps
-    texts = [t.get_text() for t in figure.texts]
-    assert report.RANDOM_MARK in texts  # the tiny_synthetic run has random weights
+    assert figure.get_supxlabel() == report.RANDOM_MARK  # the tiny_synthetic run has random weights
+    assert "RANDOM WEIGHTS" in [t.get_text() for t in figure.texts]  # and the watermark
     pretrained = summarize_runs([r for r in records if r["pretrained"] != "none"])
-    assert report.RANDOM_MARK not in [t.get_text() for t in accuracy_figure(pretrained, suite="s").texts]
+    clean = accuracy_figure(pretrained, suite="s")
+    assert clean.get_supxlabel() == "" and "RANDOM WEIGHTS" not in [t.get_text() for t in clean.texts]
     matrix = matrix_figure(records[-1], suite="demo-suite")
     assert "demo-suite" in matrix.axes[0].get_title()
-    assert report.RANDOM_MARK in [t.get_text() for t in matrix.texts]
+    assert matrix.get_supxlabel() == report.RANDOM_MARK
 
 
 def _write_folder(root: Path, record: dict, file: str = "metrics.json") -> Path:
