@@ -27,7 +27,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from torch.utils.data import DataLoader
 
 from ..clip import CLIPClassifier
-from .fusion import Trigger, decouple, storage_report, task_delta, unify
+from .fusion import Trigger, decouple, storage_report, unify_into
 from .prototypes import aggregate_logits, aggregation_weights, class_prototypes, select_tasks, task_scores
 
 log = logging.getLogger(__name__)
@@ -110,11 +110,13 @@ class ConDUPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         model: CLIPClassifier = strategy.model
-        delta = task_delta({n: p.detach() for n, p in self.params.items()}, self.theta0)
-        self.unified, self.triggers = unify(self.unified, self.triggers, delta, rescaler=self.cfg.rescaler)
-        self.task_of_experience[strategy.experience.current_experience] = len(self.triggers) - 1
-        self._models.clear()
+        self._models.clear()  # before unify: cached task models are stale and would add to its peak
         self._text.clear()
+        # δᵗ = θᵗ − θ⁰ taken chunk by chunk; U and the triggers updated in place (bounded extra memory)
+        theta = {n: p.detach() for n, p in self.params.items()}
+        self.unified, self.triggers = unify_into(self.unified, self.triggers, theta, self.theta0,
+                                                 rescaler=self.cfg.rescaler)
+        self.task_of_experience[strategy.experience.current_experience] = len(self.triggers) - 1
         self.loaded = None
         self.load(PRETRAINED)
         self.prototypes.append(self._task_prototypes(strategy, model))
