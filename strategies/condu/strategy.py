@@ -1,10 +1,15 @@
-"""ConDU strategy: Avalanche's ``SupervisedTemplate`` plus :class:`ConDUPlugin`; evaluation
-forwards go through the plugin's task-aware / aggregated prediction."""
+"""ConDU strategy: Avalanche's ``SupervisedTemplate`` plus :class:`ConDUPlugin`, configured by keyword
+like Avalanche's ``LwF(alpha=...)``. The plugin holds the whole method (sessions and prediction), so
+``Naive(..., plugins=[ConDUPlugin(model, ...)])`` predicts the same; this class only adds the plugin
+and computes the aggregated logits in its forward (one plain forward fewer per evaluation minibatch).
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
+import torch
 from avalanche.training.templates import SupervisedTemplate
 
 from ..clip import CLIPClassifier
@@ -12,26 +17,51 @@ from ..registry import MethodSpec, register
 from ..training import make_optimizer
 from .plugin import ConDUConfig, ConDUPlugin
 
+_DEFAULT = ConDUConfig()
+
 
 class ConDU(SupervisedTemplate):
-    """Continual decoupling-unifying with prototype-aggregated prediction (arXiv 2503.10705)."""
+    """Continual decoupling-unifying with prototype-aggregated prediction (arXiv 2503.10705).
 
-    def __init__(self, *, model: CLIPClassifier, condu: ConDUPlugin, plugins: list | None = None,
-                 **kwargs: Any) -> None:
-        self.condu = condu
-        super().__init__(model=model, plugins=[*(plugins or []), condu], **kwargs)
+    ``ConDU(model=..., optimizer=..., criterion=..., top_k=4, inference="aggregated", ...)``; the
+    method options are :class:`ConDUConfig`'s fields, every other keyword goes to
+    ``SupervisedTemplate`` (``train_mb_size``, ``eval_every``, ``evaluator``, ...).
+    """
+
+    def __init__(
+        self, *, model: CLIPClassifier, optimizer: torch.optim.Optimizer, criterion: Any = None,
+        inference: str = _DEFAULT.inference, top_k: int = _DEFAULT.top_k, weighting: str = _DEFAULT.weighting,
+        temperature: float = _DEFAULT.temperature, rescaler: str = _DEFAULT.rescaler,
+        prototype_text: str = _DEFAULT.prototype_text, prototype_images_from: str = _DEFAULT.prototype_images_from,
+        prototype_images: int | None = _DEFAULT.prototype_images, cache_models: int = _DEFAULT.cache_models,
+        plugins: list | None = None, **base_kwargs: Any,
+    ) -> None:
+        self.condu = ConDUPlugin(
+            model, inference=inference, top_k=top_k, weighting=weighting, temperature=temperature,
+            rescaler=rescaler, prototype_text=prototype_text, prototype_images_from=prototype_images_from,
+            prototype_images=prototype_images, cache_models=cache_models,
+        )
+        super().__init__(
+            model=model, optimizer=optimizer,
+            criterion=torch.nn.CrossEntropyLoss() if criterion is None else criterion,
+            plugins=[*(plugins or []), self.condu], **base_kwargs,
+        )
 
     def forward(self) -> Any:
-        if self.is_training:
-            return super().forward()
-        return self.condu.predict(self.model, self.mb_x, self.experience.current_experience)
+        if not self.is_training and self.condu.aggregating:
+            return self.condu.deliver(self.model, self.mb_x)
+        return super().forward()
 
 
 def build_condu(model: CLIPClassifier, cfg: ConDUConfig, *, train: Any, plugins: list, evaluator: Any,
                 device: Any, criterion: Any, benchmark: Any, task_aware: bool = False, **_: Any) -> ConDU:
-    plugin = ConDUPlugin(model, cfg, task_aware=task_aware or benchmark.protocol == "task")
+    """The runner's builder: the public constructor, with ``inference: auto`` resolved to task-aware
+    where the run says so (``eval.task_aware``, or a benchmark with the ``task`` protocol)."""
+    options = asdict(cfg)
+    if cfg.inference == "auto" and (task_aware or getattr(benchmark, "protocol", None) == "task"):
+        options["inference"] = "task_aware"
     return ConDU(
-        model=model, condu=plugin, optimizer=make_optimizer(model, train), criterion=criterion,
+        model=model, optimizer=make_optimizer(model, train), criterion=criterion, **options,
         train_mb_size=train.batch_size, train_epochs=train.epochs, eval_mb_size=train.eval_batch_size,
         device=device, plugins=plugins, evaluator=evaluator, eval_every=-1,
     )
