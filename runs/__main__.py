@@ -1,4 +1,4 @@
-"""Command line: python -m runs {run,validate,report,data,bench} ...
+"""Command line: python -m runs {run,validate,status,report,share,list,data,bench} ...
 
 Exit codes (every command):
   0    everything asked for finished
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="move folders of runs whose config changed to <suite>/.superseded/ and run them again")
     run.add_argument("--rerun-failed", action="store_true", help="restart failed runs from scratch")
     run.add_argument("--fail-fast", action="store_true", help="stop the suite at the first failed run")
+    _executor_options(run)
     validate = sub.add_parser("validate", help="check a suite file without running it")
     validate.add_argument("suite")
     _suite_options(validate)
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     share.add_argument("--project", default=None, help="W&B project (default: the suite's, else clip-cl)")
     share.add_argument("--dry-run", action="store_true", help="build the Report offline and write its outline only")
     sub.add_parser("list", help="methods, streams and unit kinds with their options and defaults")
+    status = sub.add_parser("status", help="finished / running / failed / pending / changed per run of a suite")
+    status.add_argument("suite", help="the suite YAML (knows pending runs) or its output folder")
+    _suite_options(status)
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="report what is present, missing or corrupt for a stream")
@@ -75,6 +79,35 @@ def _suite_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None, help="the suite's output folder root (default: its output_dir)")
 
 
+def _executor_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scaling out (README: Scaling out)")
+    group.add_argument("--executor", default="serial", metavar="serial|local|ray|slurm",
+                       help="where the runs execute (default: serial, in this process)")
+    group.add_argument("--workers", type=int, default=None, help="local: runs at once (default: GPUs, else 1)")
+    group.add_argument("--share-gpus", action="store_true", help="local: allow more workers than GPUs")
+    group.add_argument("--address", default=None, help="ray: cluster address (auto, host:port); none: local Ray")
+    group.add_argument("--retries", type=int, default=1,
+                       help="times a job whose process died is started again; it resumes (default 1)")
+    group.add_argument("--no-wait", action="store_true", help="ray/slurm: submit and return")
+    group.add_argument("--gpus-per-run", type=float, default=None, help="ray/slurm: GPUs per run")
+    group.add_argument("--cpus-per-run", type=int, default=None, help="ray/slurm: CPUs per run (torch threads)")
+    for flag, what in (("partition", "partition"), ("time", "wall time per task, [D-]HH:MM:SS"),
+                       ("mem", "memory per task, e.g. 32G"), ("account", "account")):
+        group.add_argument(f"--{flag}", default=None, help=f"slurm: {what} (default: the suite's launcher:)")
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from .executors import ExecutorOptions, check_options
+
+    options = ExecutorOptions(
+        executor=args.executor, workers=args.workers, share_gpus=args.share_gpus, address=args.address,
+        retries=args.retries, wait=not args.no_wait, gpus_per_run=args.gpus_per_run,
+        cpus_per_run=args.cpus_per_run,
+        slurm={"partition": args.partition, "time": args.time, "mem": args.mem, "account": args.account})
+    check_options(options)
+    return options
+
+
 def _load(args: argparse.Namespace) -> Any:
     from .config import load_suite
 
@@ -85,15 +118,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .report import format_table
     from .runner import run_suite
 
+    options = _options(args)
     suite = _load(args)
-    outcome = run_suite(suite, online=args.online, only=args.only, rerun_changed=args.rerun_changed,
-                        rerun_failed=args.rerun_failed, fail_fast=args.fail_fast, verbose=args.verbose)
+    if options.executor == "serial":
+        outcome = run_suite(suite, online=args.online, only=args.only, rerun_changed=args.rerun_changed,
+                            rerun_failed=args.rerun_failed, fail_fast=args.fail_fast, verbose=args.verbose)
+    else:
+        from .executors import run_suite as drive
+
+        outcome = drive(suite, options, online=args.online, only=args.only, rerun_changed=args.rerun_changed,
+                        rerun_failed=args.rerun_failed, verbose=args.verbose)
+        if not options.wait:
+            print(f"submitted; follow with: python -m runs status {args.suite}; "
+                  f"the table: python -m runs report {suite.dir}")
+            return EXIT_OK
+    for run_id in outcome.busy:
+        print(f"skipped: {run_id}: another worker holds its lock (python -m runs status {args.suite})")
     if outcome.records:
         print(format_table(outcome.records))
         print(f"results: {suite.dir}/results.md (.csv, plots)")
     for run_id, reason in outcome.failed:
         print(f"failed: {reason}" if reason.startswith(run_id) else f"failed: {run_id}: {reason}", file=sys.stderr)
     return outcome.exit_code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import main as status_main
+
+    return status_main(args)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -165,7 +217,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "report": _cmd_report, "data": _cmd_data,
-            "bench": _cmd_bench, "share": _cmd_share, "list": _cmd_list}
+            "bench": _cmd_bench, "share": _cmd_share, "list": _cmd_list, "status": _cmd_status}
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

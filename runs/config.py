@@ -78,6 +78,47 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)  # W&B tags added to every run
 
 
+def slurm_minutes(text: str) -> int:
+    """``[D-]HH:MM:SS``, ``HH:MM`` or minutes -> minutes (rounded up), as sbatch's ``--time`` reads them."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?", str(text).strip())
+    if not match:
+        raise ValueError(f"time={text!r}: expected [D-]HH:MM:SS, HH:MM or minutes, e.g. 08:00:00")
+    days, first, second, third = match.groups()
+    if second is None:  # plain minutes
+        minutes, seconds = int(first), 0
+    elif third is None:  # HH:MM
+        minutes, seconds = int(first) * 60 + int(second), 0
+    else:
+        minutes, seconds = int(first) * 60 + int(second), int(third)
+    total = int(days or 0) * 1440 + minutes + (1 if seconds else 0)
+    if total < 1:
+        raise ValueError(f"time={text!r}: must be at least one minute")
+    return total
+
+
+@dataclass
+class LauncherConfig:
+    """Slurm options of ``--executor slurm`` (the CLI's --partition etc. override them)."""
+
+    partition: str | None = None  # sbatch --partition
+    time: str = "04:00:00"  # wall time per task ([D-]HH:MM:SS); on time-out the task requeues and resumes
+    gpus_per_run: int | None = None  # GPUs per task; None = 1 when the run's device is not cpu, else 0
+    cpus_per_run: int = 4  # sbatch --cpus-per-task (also torch threads in the task)
+    mem: str | None = None  # sbatch --mem, e.g. 32G
+    account: str | None = None  # sbatch --account
+    max_parallel: int | None = None  # array tasks running at once (--array=0-N%max_parallel); None = all
+    max_requeues: int = 3  # preemptions / time-outs a task may requeue after
+    sbatch: dict[str, str] = field(default_factory=dict)  # extra sbatch options, e.g. {qos: high, constraint: a100}
+    setup: list[str] = field(default_factory=list)  # shell lines run before the task (e.g. module load, venv)
+
+    def __post_init__(self) -> None:
+        slurm_minutes(self.time)
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise ValueError(f"max_parallel={self.max_parallel}: must be >= 1")
+        if self.cpus_per_run < 1:
+            raise ValueError(f"cpus_per_run={self.cpus_per_run}: must be >= 1")
+
+
 @dataclass
 class Choice:
     """A named component with its validated options (``method:`` or ``stream:`` in YAML)."""
@@ -108,6 +149,7 @@ class SuiteConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     file: str = ""  # the YAML file this came from
     overrides: list[str] = field(default_factory=list)  # the --set strings it was loaded with
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # --executor slurm's options
 
     @property
     def dir(self) -> Path:
@@ -115,7 +157,7 @@ class SuiteConfig:
         return Path(self.output_dir) / self.name
 
 
-_SUITE_KEYS = ("defaults", "name", "output_dir", "runs", "wandb")
+_SUITE_KEYS = ("defaults", "launcher", "name", "output_dir", "runs", "wandb")
 _RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RESERVED_NAMES = frozenset({*_SUITE_KEYS, *_RUN_KEYS, "suite"})  # a name must not read as a field in --set
@@ -315,6 +357,12 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
         close = difflib.get_close_matches(run.model.arch, archs, n=4)
         hint = f"; close matches: {', '.join(close)}" if close else "; see open_clip.list_models()"
         raise ConfigError(f"{file}: {where}.model.arch = {short(run.model.arch)}: not an open_clip model{hint}")
+    from strategies.clip.units import check_units_config
+
+    try:
+        check_units_config(run.model.units)
+    except ValueError as error:
+        raise ConfigError(f"{file}: {where}.model.{error}") from None
     if not DEVICE_PATTERN.match(run.train.device):
         raise ConfigError(f"{file}: {where}.train.device = {short(run.train.device)}: allowed: auto, cpu, "
                           f"cuda, cuda:N, mps")
@@ -474,9 +522,9 @@ def read_suite_file(path: str | Path) -> dict:
 def _apply_suite_overrides(raw: dict, overrides: list[Override]) -> None:
     for item in overrides:
         top = item.key.split(".")[0]
-        if top not in ("name", "output_dir", "wandb"):
+        if top not in ("name", "output_dir", "wandb", "launcher"):
             raise ConfigError(f"--set {short(item.text)}: suite-level fields are suite.name, suite.output_dir, "
-                              f"suite.wandb.<field>")
+                              f"suite.wandb.<field>, suite.launcher.<field>")
         set_override(raw, item.key, item.value)
 
 
@@ -531,7 +579,9 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, *, only: li
     out = _coerce(raw.get("output_dir", "outputs"), str, "output_dir", file)
     if not out.strip():
         raise ConfigError(f"{file}: output_dir is empty; give a folder (e.g. outputs)")
-    return SuiteConfig(name=name, runs=runs, output_dir=out, wandb=wandb, file=file, overrides=list(overrides or []))
+    launcher = from_dict(LauncherConfig, raw.get("launcher"), "launcher", file)
+    return SuiteConfig(name=name, runs=runs, output_dir=out, wandb=wandb, file=file, overrides=list(overrides or []),
+                       launcher=launcher)
 
 
 def _raw_name(merged: dict) -> str:

@@ -196,7 +196,7 @@ class RunSession:
             except (ValueError, AttributeError):
                 quarantine(path)
         if fields.get("start"):
-            sessions.append(self.provenance | {"start": fields["start"]})
+            sessions.append(dict(self.provenance))
         elif sessions:
             sessions[-1].update(fields)
         atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2, default=str))
@@ -217,9 +217,9 @@ class RunSession:
         resumes after the last finished experience.
         """
         self.prepare()
-        self.provenance = provenance(resolve_device(self.run.train.device))
+        self.provenance = provenance(resolve_device(self.run.train.device)) | {"start": _now()}
         started = time.time()
-        self._record_session(start=_now())
+        self._record_session(start=self.provenance["start"])
         handler = self._attach_log()
         try:
             self.build()
@@ -379,6 +379,7 @@ class SuiteOutcome:
     finished: list[str] = field(default_factory=list)  # run ids finished by this invocation
     skipped: list[str] = field(default_factory=list)  # finished earlier
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run id, reason with log path)
+    busy: list[str] = field(default_factory=list)  # locked by a live worker of another invocation: skipped
 
     @property
     def exit_code(self) -> int:
@@ -407,6 +408,18 @@ def plan(suite: SuiteConfig, only: list[str] | None = None, *, rerun_changed: bo
             + ". Re-run them with --rerun-changed (the old folders move to .superseded/), give the changed "
               "run its own name, or use another --output-dir")
     return planned
+
+
+def refuse_locked(suite: SuiteConfig, planned: list[Planned]) -> None:
+    """--rerun-changed / --rerun-failed never move a folder a live worker holds (:mod:`runs.lock`)."""
+    from .lock import live_holder
+
+    held = [f"{p.run.name}-seed{p.seed} ({info.describe()})" for p in planned
+            if p.action in ("rerun-failed", "rerun-changed")
+            and (info := live_holder(suite.dir, f"{p.run.name}-seed{p.seed}")) is not None]
+    if held:
+        raise RefusedError(f"--rerun-changed / --rerun-failed: these runs are locked by a running worker "
+                           f"(nothing ran): {', '.join(held)}; wait for it to end or stop it first")
 
 
 def check_machine(run: RunConfig) -> list[str]:
@@ -494,9 +507,15 @@ def run_suite(suite: SuiteConfig, *, online: bool = False, only: list[str] | Non
     Refusals and machine problems raise before any work (:class:`RefusedError`,
     :class:`MachineError`); a failing run is marked and the others go on unless ``fail_fast``.
     """
+    from .executors import collect
+    from .executors.job import Job, run_job
+    from .status import write_plan
+
     planned = plan(suite, only, rerun_changed=rerun_changed, rerun_failed=rerun_failed)
+    refuse_locked(suite, planned)
     preflight(suite, planned)
     ensure_dir(suite.dir)
+    write_plan(suite, only)  # for `python -m runs status <folder>`
     outcome = SuiteOutcome()
     for item in planned:
         run_id = f"{item.run.name}-seed{item.seed}"
@@ -510,17 +529,13 @@ def run_suite(suite: SuiteConfig, *, online: bool = False, only: list[str] | Non
             outcome.failed.append((run_id, f"failed earlier: {reason} (log: {out / 'log.txt'}; "
                                            f"--rerun-failed restarts it)"))
             continue
-        if item.action in ("rerun-failed", "rerun-changed"):
-            meta = RunFolder(out).meta() or {}
-            RunFolder(out).supersede(meta.get("fingerprint", "nofingerprint"))
         log.info("=== %s: %s on %s ===", run_id, item.run.method.name if item.run.method else "?",
                  item.run.stream.name if item.run.stream else "?")
-        try:
-            RunSession(suite, item.run, item.seed, online=online, verbose=verbose).execute()
-            outcome.finished.append(run_id)
-        except RunFailed as error:
-            log.error("%s", error)
-            outcome.failed.append((run_id, str(error)))
+        # under the run's lock; supersedes for --rerun-*; a run locked by a live worker is skipped
+        result = run_job(Job(suite, item.run, item.seed, item.action, online=online, verbose=verbose, cwd=""))
+        collect(outcome, [result])
+        if result.status in ("failed", "refused"):
+            log.error("%s", result.reason)
             if fail_fast:
                 break
     outcome.records = suite_records(suite)
