@@ -137,14 +137,14 @@ def test_each_experience_starts_from_theta0_and_storage_is_reported(tmp_path):
 def test_condu_forgets_less_than_naive_on_the_first_experience(tmp_path):
     # class-incremental evaluation (seen classes), ConDU's task-agnostic aggregated prediction
     suite = _suite(tmp_path, ["model.units.kind=full", "train.lr=0.001", "train.iterations=24"])
-    records = {r["name"]: r for r in run_suite(suite, only=["finetune", "condu-ft"])}
+    records = {r["name"]: r for r in run_suite(suite, only=["finetune", "condu-ft"]).records}
     drop = {name: r["matrix"][0][0] - r["matrix"][-1][0] for name, r in records.items()}
     assert records["finetune"]["matrix"][0][0] > 0.6, "naive did not learn the first experience"
     assert drop["condu-ft"] < drop["finetune"], drop
 
 
 def test_tiny_condu_suite_runs_end_to_end(tmp_path):
-    records = run_suite(_suite(tmp_path), only=["zeroshot", "condu-lora"])
+    records = run_suite(_suite(tmp_path), only=["zeroshot", "condu-lora"]).records
     assert sorted(r["name"] for r in records) == ["condu-lora", "zeroshot"]
     for record in records:
         assert np.all(np.isfinite(record["matrix"]))
