@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from runs.config import load_suite
 from runs.runner import RunSession, run_suite
-from strategies.mozo import MoZOConfig, MoZOPlugin
+from strategies.mozo import MoZO, MoZOConfig, MoZOPlugin
+from strategies.mozo.zo import directions
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.arch=clip-tiny-12l", "model.pretrained=none", "model.units.bottleneck=16", "model.units.dropout=0.0",
+    "model.arch=clip-tiny", "model.pretrained=none", "model.units.bottleneck=16", "model.units.dropout=0.0",
     "stream={name: synthetic, n_classes: 4, n_experiences: 2, train_per_class: 32, test_per_class: 8}",
     "train.batch_size=16", "train.warmup=2", "train.lr=0.01", "data_root=.",
 ]
@@ -104,14 +107,21 @@ def test_conservative_mozo_step_never_increases_minibatch_loss(tiny_model_factor
         assert float(plugin.loss_closure(batch)()) <= loss_before + 1e-6
 
 
-def _tiny_suite(tmp_path, extra=()):
-    suite = load_suite(ROOT / "runs" / "suites" / "mozo_paper.yaml", overrides=[*TINY, *extra])
+def _tiny_suite(tmp_path, extra=(), only=None):
+    """mozo_paper.yaml on the tiny model; ``only``: keep these runs (prefix-6 / suffix-6 need 12 blocks)."""
+    path = ROOT / "runs" / "suites" / "mozo_paper.yaml"
+    if only is not None:
+        data = yaml.safe_load(path.read_text())
+        data["runs"] = [r for r in data["runs"] if r["name"] in only]
+        path = tmp_path / "mozo_paper.yaml"
+        path.write_text(yaml.safe_dump(data))
+    suite = load_suite(path, overrides=[*TINY, *extra])
     suite.output_dir = str(tmp_path)
     return suite
 
 
 def test_mozo_lowers_training_loss_on_synthetic_stream(tmp_path):
-    suite = _tiny_suite(tmp_path, ["train.epochs=6", "train.lr=0.05"])
+    suite = _tiny_suite(tmp_path, ["train.epochs=6", "train.lr=0.05"], only=["mozo"])
     run = next(r for r in suite.runs if r.name == "mozo")
     session = RunSession(suite, run, 0)
     session.build()
@@ -137,16 +147,303 @@ def test_mozo_lowers_training_loss_on_synthetic_stream(tmp_path):
 def test_tiny_mozo_paper_suite_runs_every_configuration(tmp_path):
     # 12 blocks per tower, like ViT-B/16, so prefix-6 / suffix-6 / hop-* select as in the paper
     suite = _tiny_suite(tmp_path, ["train.epochs=1", "model.arch=clip-tiny-12l"])
-    records = run_suite(suite)
-    names = sorted(r["name"] for r in records)
-    assert names == sorted(r.name for r in suite.runs) and len(names) == 9
-    for record in records:
+    outcome = run_suite(suite)
+    names = sorted(r["name"] for r in outcome.records)
+    assert outcome.failed == [] and names == sorted(r.name for r in suite.runs) and len(names) == 9
+    for record in outcome.records:
         assert np.isfinite(record["metrics"]["avg"]), record["name"]
 
 
 def test_tiny_mozo_suite_subset_runs_end_to_end(tmp_path):
-    suite = _tiny_suite(tmp_path)
-    records = run_suite(suite, only=["fo-baseline", "dual-zo", "mozo"])
-    assert sorted(r["name"] for r in records) == ["dual-zo", "fo-baseline", "mozo"]
+    suite = _tiny_suite(tmp_path, only=["fo-baseline", "dual-zo", "mozo"])
+    outcome = run_suite(suite)
+    assert outcome.failed == [] and sorted(r["name"] for r in outcome.records) == ["dual-zo", "fo-baseline", "mozo"]
     table = (tmp_path / "mozo_paper" / "results.md").read_text()
     assert "| mozo |" in table and "| dual-zo |" in table
+
+
+# --------------------------------------------------------------------------- config reaches the ZO step
+
+
+def _random_units(model, std: float = 0.2):
+    """Non-zero up-projections and routers, so units (and their dropout / router noise) matter."""
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for unit in model.units.values():
+            for p in unit.parameters():
+                if p.ndim == 2 and not p.abs().sum():
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+    model.invalidate_text_cache()
+
+
+class _Counting(torch.nn.CrossEntropyLoss):
+    calls = 0
+
+    def forward(self, logits, y):
+        type(self).calls += 1
+        return super().forward(logits, y)
+
+
+def _step(model, options, *, base_lr=0.01, current_lr=None):
+    """One plugin step on a fixed minibatch; returns (plugin, batch, θ before, number of loss calls)."""
+    plugin = _attached(model, **options)
+    batch = _Batch(model, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3)),
+                   torch.tensor([0, 1, 2, 0]), lr=base_lr)
+    batch._criterion = _Counting()
+    plugin.before_training(batch)  # reads the base lr from the optimizer
+    if current_lr is not None:
+        batch.optimizer.param_groups[0]["lr"] = current_lr  # e.g. the warm-up/cosine schedule moved it
+    before = [[p.detach().clone() for p in g.params] for g in plugin.groups]
+    _Counting.calls = 0
+    plugin.before_update(batch)
+    return plugin, batch, before, _Counting.calls
+
+
+def _moves(plugin, before):
+    return [[p - b for p, b in zip(g.params, bs, strict=True)] for g, bs in zip(plugin.groups, before, strict=True)]
+
+
+def test_defaults_are_the_papers_reading():
+    cfg = MoZOConfig()
+    assert (cfg.branch, cfg.layers, cfg.vision_perturbation, cfg.sign, cfg.candidate) == (
+        "dual", "hop-even", "joint", "scalar", "conservative")
+    assert cfg.eps_vision < cfg.eps_language and cfg.penalties and cfg.mix == 1.0 and cfg.zo_lr is None
+
+
+@pytest.mark.parametrize(
+    ("zo_lr", "mix", "current", "step"),
+    [(None, 1.0, None, 0.01), (None, 1.0, 0.0025, 0.0025), (None, 0.5, None, 0.005),
+     (0.2, 1.0, 0.005, 0.1), (0.2, 0.5, None, 0.1)],
+)
+def test_zo_step_size_follows_the_optimizer_lr_mix_and_zo_lr(tiny_model_factory, zo_lr, mix, current, step):
+    model = tiny_model_factory("moe", dropout=0.0).eval()
+    plugin, _, before, _ = _step(model, dict(branch="dual", layers="all", candidate="aggressive", zo_lr=zo_lr,
+                                             mix=mix), current_lr=current)
+    assert plugin.base_lr == 0.01
+    s = math.copysign(1.0, plugin.last.projected[0])
+    zs = directions(plugin.groups, plugin.last.seeds[0])
+    moves = [m for ms in _moves(plugin, before) for m in ms]
+    for z, move in zip(zs, moves, strict=True):
+        assert torch.allclose(move, -step * s * z, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("sign", ["scalar", "elementwise", "none"])
+@pytest.mark.parametrize("perturbation", ["joint", "scaled"])
+def test_sign_mode_eps_and_vision_scaling_reach_the_update(tiny_model_factory, sign, perturbation):
+    model = tiny_model_factory("moe", dropout=0.0).eval()
+    eps = {"vision": 2e-4, "language": 3e-3}
+    plugin, _, before, _ = _step(model, dict(branch="dual", layers="all", candidate="aggressive", sign=sign,
+                                             eps_vision=eps["vision"], eps_language=eps["language"],
+                                             vision_perturbation=perturbation))
+    assert {g.name: g.eps for g in plugin.groups} == eps
+    p = plugin.last.projected[0]
+    zs = iter(directions(plugin.groups, plugin.last.seeds[0]))
+    for group, moves in zip(plugin.groups, _moves(plugin, before), strict=True):
+        scale = eps["vision"] / eps["language"] if (perturbation == "scaled" and group.name == "vision") else 1.0
+        for move in moves:
+            z = next(zs)
+            d = {"scalar": math.copysign(1.0, p) * z, "elementwise": torch.sign(p * z),
+                 "none": (p / eps[group.name]) * z}[sign]
+            assert torch.allclose(move, -0.01 * scale * d, rtol=1e-4, atol=1e-7), (group.name, sign)
+
+
+def test_per_tower_moves_each_tower_by_the_sign_of_its_own_probe(tiny_model_factory):
+    model = tiny_model_factory("moe", dropout=0.0).eval()
+    _random_units(model)
+    plugin = _attached(model, branch="dual", layers="all", candidate="aggressive", vision_perturbation="per_tower")
+    batch = _Batch(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), lr=0.01)
+    seen_differ = False
+    for _ in range(8):
+        before = [[p.detach().clone() for p in g.params] for g in plugin.groups]
+        plugin.before_update(batch)
+        (pv,), (pl,) = plugin.last.per_group
+        assert plugin.last.projected[0] == pytest.approx(pv + pl)
+        zs = iter(directions(plugin.groups, plugin.last.seeds[0]))
+        for moves, pg in zip(_moves(plugin, before), (pv, pl), strict=True):
+            for move in moves:
+                assert torch.allclose(move, -0.01 * math.copysign(1.0, pg) * next(zs), rtol=1e-4, atol=1e-7)
+        seen_differ |= (pv > 0) != (pl > 0)
+    assert seen_differ  # so a joint sign would have moved one tower the other way
+
+
+@pytest.mark.parametrize(
+    ("options", "calls", "queries"),
+    [({}, 5, 1), ({"queries": 3}, 9, 3), ({"two_sided": False}, 4, 1), ({"candidate": "aggressive"}, 2, 1),
+     ({"vision_perturbation": "per_tower"}, 7, 1), ({"vision_perturbation": "per_tower", "queries": 2}, 11, 2)],
+)
+def test_queries_sidedness_candidates_and_probes_set_the_loss_evaluations(tiny_model_factory, options, calls,
+                                                                          queries):
+    model = tiny_model_factory("moe", dropout=0.0).eval()
+    plugin, _, _, n = _step(model, dict(branch="dual", layers="all", **options))
+    assert n == calls and len(plugin.last.seeds) == queries
+    assert (plugin.last.candidate == "aggressive") == (options.get("candidate") == "aggressive")
+
+
+def test_every_step_draws_fresh_direction_and_model_seeds(tiny_model_factory, monkeypatch):
+    import strategies.mozo.plugin as plugin_module
+
+    model = tiny_model_factory("moe", dropout=0.0).eval()
+    plugin = _attached(model, branch="dual", layers="all")
+    seen = []
+    real = plugin_module.zo_step
+
+    def spy(groups, loss_fn, seed, **kw):
+        seen.append((seed, kw["rng_seed_for_model"]))
+        return real(groups, loss_fn, seed, **kw)
+
+    monkeypatch.setattr(plugin_module, "zo_step", spy)
+    batch = _Batch(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), lr=0.01)
+    for _ in range(4):
+        plugin.before_update(batch)
+    directions_seeds, model_seeds = zip(*seen, strict=True)
+    assert len(set(directions_seeds)) == 4 and len(set(model_seeds)) == 4
+    assert not set(directions_seeds) & set(model_seeds)
+
+
+# --------------------------------------------------------------------------- shared randomness, real model
+
+
+def test_dropout_and_router_noise_are_shared_within_a_step(tiny_model_factory, monkeypatch):
+    import strategies.mozo.plugin as plugin_module
+
+    model = tiny_model_factory("moe", dropout=0.3).train()
+    _random_units(model)
+    plugin = _attached(model, branch="dual", layers="hop-even", vision_perturbation="per_tower")
+    batch = _Batch(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), lr=0.05)
+    full, (vision, language) = plugin.closures(batch, 7)
+    value = float(full())
+    assert float(full()) == value == float(vision()) == float(language())  # language reuses image features
+    assert float(plugin.closures(batch, 8)[0]()) != value  # the randomness is real
+    seeds = []
+    real = plugin_module.zo_step
+    monkeypatch.setattr(plugin_module, "zo_step",
+                        lambda *a, **kw: seeds.append(kw["rng_seed_for_model"]) or real(*a, **kw))
+    for _ in range(6):
+        plugin.before_update(batch)
+        res = plugin.last
+        after = float(plugin.closures(batch, seeds[-1])[0]())
+        assert res.loss_after <= res.loss and after == pytest.approx(res.loss_after, rel=1e-5, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- other plugins' penalties
+
+
+def test_zo_losses_include_lwf_penalty_unless_disabled(tiny_model_factory):
+    import copy
+
+    from avalanche.training.plugins import LwFPlugin
+
+    model = tiny_model_factory("moe", dropout=0.0).eval()
+    lwf = LwFPlugin(alpha=2.0, temperature=2.0)
+    lwf.lwf.prev_model = copy.deepcopy(model)
+    _random_units(model, std=5.0)  # the current model differs from the previous one
+    lwf.lwf.prev_classes_by_task[0] = {0, 1}
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        out, prev = model(x), lwf.lwf.prev_model(x)
+    ce = torch.nn.functional.cross_entropy(out, y)
+    kd = torch.nn.functional.kl_div(torch.log_softmax(out[:, [0, 1]] / 2, 1), torch.softmax(prev[:, [0, 1]] / 2, 1),
+                                    reduction="batchmean")
+    for penalties, expected in ((True, ce + 2.0 * kd), (False, ce)):
+        plugin = _attached(model, branch="dual", layers="all", penalties=penalties)
+        batch = _Batch(model, x, y, lr=0.01)
+        batch.plugins = [lwf, plugin]
+        batch.mb_output = "fo output"
+        plugin.before_training(batch)
+        assert float(plugin.closures(batch, 0)[0]()) == pytest.approx(float(expected), rel=1e-5)
+        assert batch.mb_output == "fo output" and float(batch.loss) == 0.0  # the FO state is put back
+    assert float(kd) > 1e-3  # the two expectations differ
+
+
+def test_unreplayed_before_backward_plugins_are_reported(tiny_model_factory):
+    import logging
+
+    from avalanche.core import SupervisedPlugin
+
+    class AddsLoss(SupervisedPlugin):
+        def before_backward(self, strategy, **kwargs):
+            strategy.loss += 1.0
+
+    model = tiny_model_factory("moe", dropout=0.0)
+    plugin = _attached(model, branch="dual", layers="all")
+    batch = _Batch(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), lr=0.01)
+    batch.plugins = [AddsLoss(), plugin]
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("strategies.mozo.plugin")
+    log.addHandler(handler)
+    try:
+        plugin.before_training(batch)
+    finally:
+        log.removeHandler(handler)
+    assert records == ["MoZO: AddsLoss changes the loss in before_backward; ZO probes do not include it"]
+    assert plugin.penalty_plugins == []
+
+
+# --------------------------------------------------------------------------- plain Avalanche use
+
+
+class _Tensors(torch.utils.data.Dataset):
+    """A plain (x, y) dataset with ``targets``, as Avalanche's generators take."""
+
+    def __init__(self, x, y):
+        self.x, self.targets = x, y.tolist()
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.x[i], self.targets[i]
+
+
+def _avalanche_stream():
+    from avalanche.benchmarks import nc_benchmark
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 3, 32, 32, generator=g)
+    y = torch.arange(3).repeat(8)
+    x = centers[y] + 0.3 * torch.randn(len(y), 3, 32, 32, generator=g)
+    return nc_benchmark(_Tensors(x, y), _Tensors(x[:6], y[:6]), n_experiences=1, task_labels=False, shuffle=False)
+
+
+def test_naive_with_an_all_zo_plugin_trains(tiny_model_factory):
+    from avalanche.training import Naive
+
+    model = tiny_model_factory("moe", dropout=0.1)
+    _random_units(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)  # built before the plugin: that is fine
+    strategy = Naive(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=8,
+                     train_epochs=2, device="cpu", plugins=[MoZOPlugin(branch="dual", layers="all")])
+    strategy.train(_avalanche_stream().train_stream[0])
+    assert not any(p.requires_grad for p in model.parameters())
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".unit." in n for n in changed), sorted(changed)[:5]
+
+
+def test_mozo_is_built_by_keyword_like_avalanche_strategies(tiny_model_factory):
+    model = tiny_model_factory("moe", dropout=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    plain = MoZO(model, optimizer, torch.nn.CrossEntropyLoss())
+    assert plain.mozo.cfg == MoZOConfig() and plain.mozo in plain.plugins
+    strategy = MoZO(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), branch="vision",
+                    layers="hop-odd", eps_vision=1e-4, vision_perturbation="scaled", train_mb_size=8,
+                    train_epochs=1, device="cpu")
+    cfg = strategy.mozo.cfg
+    assert (cfg.branch, cfg.layers, cfg.eps_vision, cfg.vision_perturbation) == ("vision", "hop-odd", 1e-4, "scaled")
+    assert strategy.train_mb_size == 8
+    strategy.train(_avalanche_stream().train_stream[0])
+    assert strategy.mozo.zo_keys == {("vision", 0)} and strategy.mozo.base_lr == 0.01
+    import dataclasses
+    import inspect
+
+    params = inspect.signature(MoZO.__init__).parameters
+    assert {f.name: f.default for f in dataclasses.fields(MoZOConfig)} == {
+        f.name: params[f.name].default for f in dataclasses.fields(MoZOConfig)}  # the keywords are the config
+    with pytest.raises(ValueError, match="MoZO branch='both': expected one of dual, vision, language, none"):
+        MoZO(model, optimizer, branch="both")
+    with pytest.raises(ValueError, match="MoZO eps_vision=0: expected a number > 0"):
+        MoZOPlugin(eps_vision=0)
+    with pytest.raises(TypeError, match="MoZO: unknown options \\['eps'\\]"):
+        MoZOPlugin(eps=1e-3)

@@ -96,6 +96,7 @@ class ZOStepResult:
     seeds: list[int]  # direction seed per query
     candidate: Candidate  # accepted candidate: "theta", "minus", "plus" (conservative) or "aggressive"
     loss_after: float | None  # loss of the accepted candidate (None for aggressive: not evaluated)
+    per_group: list[list[float]] | None = None  # [group][query] p_g of per-group probes (ZOEstimate)
 
 
 # --------------------------------------------------------------------------- directions
@@ -406,7 +407,7 @@ def zo_step(
     if not conservative:
         apply_update(groups, est, lr, sign_mode, -1.0)
         apply_weight_decay(groups, lr)
-        return ZOStepResult(est.loss, est.projected, est.seeds, "aggressive", None)
+        return ZOStepResult(est.loss, est.projected, est.seeds, "aggressive", None, est.per_group)
     # --- conservative: try both candidates (each restored), then re-apply the winner
     losses: dict[Candidate, float] = {"theta": est.loss}
     losses["minus"] = _candidate_loss(groups, est, fn, lr, sign_mode, -1.0)
@@ -416,7 +417,7 @@ def zo_step(
         apply_update(groups, est, lr, sign_mode, -1.0 if best == "minus" else 1.0)
         apply_weight_decay(groups, lr)
     logger.debug("zo_step losses %s -> %s", losses, best)
-    return ZOStepResult(est.loss, est.projected, est.seeds, best, losses[best])
+    return ZOStepResult(est.loss, est.projected, est.seeds, best, losses[best], est.per_group)
 
 
 @contextlib.contextmanager
