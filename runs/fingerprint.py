@@ -99,10 +99,13 @@ def machine_facts(train: Any, device: torch.device) -> dict[str, str]:
     return {"device_type": device.type, "precision": resolve_precision(train, device)}
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 @cache
-def _git() -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "pyproject.toml").exists():  # an installed copy, not a checkout of this project
+def git_info(root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """``{"commit": sha, "dirty": bool}`` of the checkout at ``root``; "unknown" outside one."""
+    if not (root / "pyproject.toml").exists() or not (root / ".git").exists():  # an installed copy
         return {"commit": "unknown", "dirty": None}
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -126,7 +129,7 @@ def provenance(device: torch.device) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "project_version": _version("clip-cl"),
-        "git": _git(),
+        "git": git_info(),
         "packages": {name: _version(name) for name in PACKAGES},
         "python": platform.python_version(),
         "host": socket.gethostname(),

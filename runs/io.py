@@ -19,6 +19,10 @@ from typing import IO, Any
 class OutputError(OSError):
     """Writing into the output folder failed; the message names the path and the cause."""
 
+    def __init__(self, code: int | None, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
+
 
 def _describe(error: OSError) -> str:
     if error.errno == errno.ENOSPC:

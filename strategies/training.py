@@ -93,7 +93,9 @@ class ActiveClassCrossEntropy(torch.nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        active = (logits > MASKED_LOGIT / 2).any(dim=0)  # (K,) columns scored in some row
+        # (K,) columns scored in some row; a NaN column counts as active, so a diverged model yields a
+        # non-finite loss (reported as divergence by runs.guards) instead of a label-space error
+        active = ~(logits <= MASKED_LOGIT / 2).all(dim=0)
         if bool(active.all()):
             return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         columns = active.nonzero().squeeze(1)  # (A,)
