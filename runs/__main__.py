@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("stream", help="stream name, e.g. split_tinyimagenet")
     check.add_argument("--data-root", default="data", help="folder holding the datasets (default: data)")
     bench = sub.add_parser("bench", help="speed/memory benchmarks (they print figures)")
-    bench.add_argument("what", choices=["mozo", "condu-storage"], help="which benchmark")
+    bench.add_argument("what", choices=["mozo", "mozo-align", "condu-storage"], help="which benchmark")
     bench.add_argument("--arch", default="clip-tiny", help="open_clip model name (weights are not needed)")
     bench.add_argument("--batch-size", type=int, default=8)
     bench.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="units (default: moe for mozo, full for condu-storage)")
     bench.add_argument("--classes-per-task", type=int, default=100, help="condu-storage: prototypes per task")
     bench.add_argument("--tasks", type=int, default=11, help="condu-storage: number of tasks")
+    bench.add_argument("--directions", type=int, default=50, help="mozo-align: directions per seed")
+    bench.add_argument("--seeds", type=int, default=5, help="mozo-align: seeds (model, minibatch)")
+    bench.add_argument("--ratios", default="1,0.5,0.1", help="mozo-align: eps_vision/eps_language values")
     return parser
 
 
@@ -203,6 +206,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "mozo-align":
+        from .bench_align import main as bench_align
+
+        print(bench_align(args))
+        return 0
     if args.what == "condu-storage":
         from .bench import condu_storage
 
@@ -234,9 +242,26 @@ def _install_signals() -> None:
         pass
 
 
+class _Console(logging.StreamHandler):
+    """Writes to the *current* ``sys.stderr`` (so a replaced stream, e.g. under pytest, is never stale)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _configure_logging(verbose: bool) -> None:
     # our packages speak at INFO; third-party libraries (open_clip logs to the root logger) at WARNING
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not any(isinstance(h, _Console) for h in root.handlers):
+        handler = _Console()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
     for name in ("runs", "strategies", "benchmarks"):
         logging.getLogger(name).setLevel(logging.INFO)
     os.environ.setdefault("WANDB_SILENT", "true")

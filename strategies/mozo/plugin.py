@@ -98,6 +98,11 @@ def make_config(cfg: MoZOConfig | None = None, **options: Any) -> MoZOConfig:
     return dataclasses.replace(cfg or MoZOConfig(), **options)
 
 
+def _version(tensors: list[torch.Tensor]) -> int:
+    """Sum of in-place version counters: changes whenever a probe or an update touches a tensor."""
+    return sum(t._version for t in tensors)
+
+
 class MoZOPlugin(SupervisedPlugin):
     """ZO / FO partition at ``before_training``, one ZO step per iteration in ``before_update``.
 
@@ -189,22 +194,29 @@ class MoZOPlugin(SupervisedPlugin):
         """Minibatch loss at the current θ, and one closure per ZO group for per-tower probes.
 
         Each tower's randomness has its own seed (vision ``model_seed``, language ``model_seed + 1``),
-        so image features computed once at θ are exactly those a full evaluation at θ computes:
-        they are reused while the vision units do not move (language-only ZO, language probes).
+        so the image features of the first evaluation with the vision units at θ (detected by their
+        version counters) are exactly those any evaluation at θ computes: they are kept and reused
+        whenever the vision units are at θ (language-only ZO, language probes, L(θ)), so a per-tower
+        step costs the same forwards as a joint one.
         """
         model: CLIPClassifier = strategy.model
         x, y = strategy.mb_x, strategy.mb_y
+        vision_params = [p for g in self.groups if g.name == "vision" for p in g.params]
+        at_theta = _version(vision_params)
+        kept: list[torch.Tensor] = []
+
+        def image_at_theta() -> torch.Tensor:
+            if not kept:
+                kept.append(seeded(lambda: model.encode_image(x), model_seed)())  # type: ignore[arg-type]
+            return kept[0]
 
         def image() -> torch.Tensor:
+            if _version(vision_params) == at_theta:
+                return image_at_theta()
             return seeded(lambda: model.encode_image(x), model_seed)()  # type: ignore[return-value]
 
         def text() -> torch.Tensor:
             return seeded(model.text_features, model_seed + 1)()  # type: ignore[return-value]
-
-        needs_fixed = "vision" not in self.zo_branches or (
-            self.cfg.vision_perturbation == "per_tower" and len(self.groups) > 1)
-        with torch.no_grad():
-            fixed = image() if needs_fixed else None
 
         def loss_with(image_fn: Any) -> LossFn:
             def loss() -> torch.Tensor:
@@ -213,9 +225,8 @@ class MoZOPlugin(SupervisedPlugin):
 
             return loss
 
-        full = loss_with(image if "vision" in self.zo_branches else lambda: fixed)
-        per_group = [full if g.name == "vision" else loss_with(lambda: fixed) for g in self.groups]
-        return full, per_group
+        full = loss_with(image)
+        return full, [full if g.name == "vision" else loss_with(image_at_theta) for g in self.groups]
 
     def loss_closure(self, strategy: Any, model_seed: int = 0) -> LossFn:
         """The minibatch loss at the current θ under ``model_seed`` (tests, diagnostics)."""
