@@ -224,3 +224,19 @@ def test_runner_trains_with_the_active_class_loss(tmp_path):
     session.strategy.train(session.benchmark.scenario.train_stream[0], eval_streams=[])
     session.wandb.finish()
     assert len(losses) == 3 and all(0 < loss < 5 for loss in losses), losses
+
+
+def test_condu_prototype_text_uses_the_eval_prompts_while_training():
+    """ConDU's prototypes are built right after training (prompt set "train"): their text half is
+    the mean of the normalised *evaluation* prompt features (condu.md "Prompts")."""
+    from strategies.condu.plugin import ConDUPlugin
+
+    model = _tiny_model()
+    eval_prompts = [["a photo of a cat.", "art of a cat."], ["a photo of a dog.", "a dog toy."]]
+    model.set_class_prompts(eval_prompts, train_prompts=[["a cat."], ["a dog."]])
+    model.use_prompts("train")
+    with torch.no_grad():
+        expected = torch.stack([F.normalize(model.clip.encode_text(model.tokenizer(p)), dim=-1).mean(0)
+                                for p in eval_prompts])  # (C, D), not re-normalised
+    torch.testing.assert_close(ConDUPlugin._template_means(model, [0, 1]), expected, atol=1e-5, rtol=0)
+    assert model.prompt_set == "train"  # restored
