@@ -52,7 +52,7 @@ def test_valid_suite_merges_defaults_and_overrides(tmp_path):
         (BASE.replace("runs:", "wandb: {mode: loud}\nruns:"),
          r"suite.yaml: wandb.mode = 'loud': allowed values: offline, online, disabled"),
         (BASE.replace("runs:", "seeds: [1]\nruns:"),
-         r"suite.yaml: unknown key 'seeds'; allowed keys: defaults, name, output_dir, runs, wandb"),
+         r"suite.yaml: unknown key 'seeds'; allowed keys: defaults, launcher, name, output_dir, runs, wandb"),
         (BASE + "  - method: naive\n", r"suite.yaml: run names must be unique; repeated: naive"),
         (BASE.replace("  stream: {name: synthetic, n_classes: 4, n_experiences: 2}\n", ""),
          r"suite.yaml: runs\[0\] has no 'stream'"),
