@@ -24,7 +24,7 @@ from benchmarks.base import CLIPBenchmark
 from .clip import MASKED_LOGIT, CLIPClassifier
 
 LABEL_SPACES = ("current", "seen")  # training label spaces of LabelSpacePlugin
-PROTOCOLS = ("seen", "task")  # evaluation label spaces: classes seen so far / the experience's own
+PROTOCOLS = ("auto", "seen", "task")  # evaluation label spaces: by task labels / classes seen so far / own
 
 
 @dataclass
@@ -125,7 +125,10 @@ class LabelSpacePlugin(SupervisedPlugin):
     (``seen``). Evaluation of experience ``j`` scores, for the ``seen`` protocol (class-incremental),
     every class seen in training so far plus experience ``j``'s own classes (so experiences not yet
     trained on are scored zero-shot over seen + their classes), and for the ``task`` protocol (MTIL,
-    or ``task_aware=True``) experience ``j``'s classes only.
+    or ``task_aware=True``) experience ``j``'s classes only. ``protocol`` defaults to the benchmark's,
+    and without a benchmark to ``auto``: ``task`` when the evaluated experience's stream carries more
+    than one task label (Avalanche's ``nc_benchmark(task_labels=True)``), else ``seen`` (our choice,
+    the same rule as ConDU's ``inference: auto``).
 
     Prompts: training uses the model's ``train`` prompt set, evaluation its ``eval`` set
     (:meth:`CLIPClassifier.use_prompts`). Given a ``benchmark``, its ``train_prompts`` and
@@ -137,13 +140,25 @@ class LabelSpacePlugin(SupervisedPlugin):
         super().__init__()
         if train_label_space not in LABEL_SPACES:
             raise ValueError(f"train_label_space={train_label_space!r}; allowed: {', '.join(LABEL_SPACES)}")
-        protocol = protocol or (benchmark.protocol if benchmark is not None else "seen")
+        protocol = protocol or (benchmark.protocol if benchmark is not None else "auto")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol={protocol!r}; allowed: {', '.join(PROTOCOLS)}")
         self.benchmark = benchmark
         self.train_label_space = train_label_space
-        self.task_aware = task_aware or protocol == "task"
+        self.protocol = "task" if task_aware else protocol
         self.seen: set[int] = set()
+        self._stream_kind: tuple[Any, bool] | None = None  # (stream, has several task labels)
+
+    def _task_protocol(self, experience: Any) -> bool:
+        if self.protocol != "auto":
+            return self.protocol == "task"
+        stream = getattr(experience, "origin_stream", None)
+        if stream is None:
+            return False
+        if self._stream_kind is None or self._stream_kind[0] is not stream:
+            labels = {label for e in stream for label in e.task_labels}
+            self._stream_kind = (stream, len(labels) > 1)
+        return self._stream_kind[1]
 
     def _install_prompts(self, model: CLIPClassifier) -> None:
         bench = self.benchmark
@@ -162,7 +177,8 @@ class LabelSpacePlugin(SupervisedPlugin):
         own = {int(c) for c in strategy.experience.classes_in_this_experience}
         self._install_prompts(strategy.model)
         strategy.model.use_prompts("eval")
-        strategy.model.set_active_classes(sorted(own if self.task_aware else self.seen | own))
+        own_only = self._task_protocol(strategy.experience)
+        strategy.model.set_active_classes(sorted(own if own_only else self.seen | own))
 
     def state_dict(self) -> dict[str, Any]:
         return {"seen": sorted(self.seen)}

@@ -103,10 +103,21 @@ def test_plugin_takes_classes_from_the_experience(train_space, protocol, train_a
     assert restored.seen == {1, 2, 4, 7}
 
 
+@pytest.mark.parametrize("task_labels,eval_active", [([0, 0], [1, 2, 9]), ([0, 1], [9])])
+def test_plugin_auto_protocol_follows_the_streams_task_labels(task_labels, eval_active):
+    plugin = LabelSpacePlugin()  # no benchmark: protocol "auto"
+    plugin.before_training_exp(_fake_strategy([2, 1]))
+    stream = [SimpleNamespace(task_labels=[t]) for t in task_labels]
+    strategy = _fake_strategy([9])
+    strategy.experience.origin_stream = stream
+    plugin.before_eval_exp(strategy)
+    assert strategy.model.active == eval_active  # class-incremental: seen + own; task-incremental: own
+
+
 def test_plugin_rejects_unknown_label_space_and_protocol():
     with pytest.raises(ValueError, match=r"train_label_space='all'; allowed: current, seen"):
         LabelSpacePlugin(train_label_space="all")
-    with pytest.raises(ValueError, match=r"protocol='domain'; allowed: seen, task"):
+    with pytest.raises(ValueError, match=r"protocol='domain'; allowed: auto, seen, task"):
         LabelSpacePlugin(protocol="domain")
 
 
