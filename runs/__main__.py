@@ -58,15 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("stream", help="stream name, e.g. split_tinyimagenet")
     check.add_argument("--data-root", default="data", help="folder holding the datasets (default: data)")
     bench = sub.add_parser("bench", help="speed/memory benchmarks (they print figures)")
-    bench.add_argument("what", choices=["mozo", "mozo-align", "condu-storage"], help="which benchmark")
+    bench.add_argument("what", choices=["mozo", "mozo-align", "condu", "condu-storage"], help="which benchmark")
     bench.add_argument("--arch", default="clip-tiny", help="open_clip model name (weights are not needed)")
     bench.add_argument("--batch-size", type=int, default=8)
     bench.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--units", default=None, choices=["moe", "lora", "adapter", "full"],
-                       help="units (default: moe for mozo, full for condu-storage)")
+                       help="units (default: moe for mozo, full for condu / condu-storage)")
     bench.add_argument("--classes-per-task", type=int, default=100, help="condu-storage: prototypes per task")
-    bench.add_argument("--tasks", type=int, default=11, help="condu-storage: number of tasks")
+    bench.add_argument("--tasks", type=int, default=11, help="condu / condu-storage: number of tasks")
     bench.add_argument("--directions", type=int, default=50, help="mozo-align: directions per seed")
     bench.add_argument("--seeds", type=int, default=5, help="mozo-align: seeds (model, minibatch)")
     bench.add_argument("--ratios", default="1,0.5,0.1", help="mozo-align: eps_vision/eps_language values")
@@ -138,7 +138,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for run_id in outcome.busy:
         print(f"skipped: {run_id}: another worker holds its lock (python -m runs status {args.suite})")
     if outcome.records:
-        print(format_table(outcome.records))
+        print(format_table(outcome.records, run_order=[r.name for r in suite.runs]))
         print(f"results: {suite.dir}/results.md (.csv, plots)")
     for run_id, reason in outcome.failed:
         print(f"failed: {reason}" if reason.startswith(run_id) else f"failed: {run_id}: {reason}", file=sys.stderr)
@@ -211,6 +211,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         print(bench_align(args))
         return 0
+    if args.what == "condu":
+        from .bench import bench_condu
+
+        print(bench_condu(arch=args.arch, units=args.units or "full", tasks=args.tasks, device=args.device,
+                          batch_size=args.batch_size, classes_per_task=args.classes_per_task))
+        return EXIT_OK
     if args.what == "condu-storage":
         from .bench import condu_storage
 
@@ -258,9 +264,13 @@ def _configure_logging(verbose: bool) -> None:
     # our packages speak at INFO; third-party libraries (open_clip logs to the root logger) at WARNING
     root = logging.getLogger()
     if not any(isinstance(h, _Console) for h in root.handlers):
+        from .console import QuietWarnings
+
         handler = _Console()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(QuietWarnings())  # Python warnings go to the run's log.txt only
         root.addHandler(handler)
+    logging.captureWarnings(True)
     root.setLevel(logging.WARNING)
     for name in ("runs", "strategies", "benchmarks"):
         logging.getLogger(name).setLevel(logging.INFO)

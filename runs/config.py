@@ -375,6 +375,13 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
     cfg = run.method.cfg
     if hasattr(cfg, "layers") and hasattr(cfg, "branch"):
         _check_layers(run, cfg, where, file)
+    if run.reference is not None:
+        from .references import ReferenceTableError, check_key
+
+        try:
+            check_key(run.reference)
+        except ReferenceTableError as error:
+            raise ConfigError(f"{file}: {where}.reference: {error}") from None
     if len(set(run.seeds)) != len(run.seeds):
         raise ConfigError(f"{file}: {where}.seeds = {short(run.seeds)}: seeds must be unique")
 

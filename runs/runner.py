@@ -19,6 +19,7 @@ on (``fail_fast`` stops it).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -44,6 +45,7 @@ from strategies.training import LabelSpacePlugin, RecipePlugin, make_criterion, 
 
 from . import checkpoint
 from .config import ConfigError, RunConfig, SuiteConfig, to_plain
+from .console import ProgressPlugin
 from .fingerprint import fingerprint, fingerprinted, machine_facts, provenance
 from .folders import FolderState, RunFolder, quarantine, read_json
 from .guards import FiniteGuard
@@ -112,11 +114,12 @@ class RunSession:
     """One run × seed: builds everything, trains with checkpoints, writes the run folder."""
 
     def __init__(self, suite: SuiteConfig, run: RunConfig, seed: int, online: bool = False,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, progress: bool = True) -> None:
         self.suite, self.run, self.seed = suite, run, seed
         self.out = run_dir(suite, run, seed)
         self.mode = "online" if online else suite.wandb.mode
         self.verbose = verbose
+        self.progress = progress  # progress bars / 10 % lines (executors with several workers turn them off)
         self.run_id = f"{run.name}-seed{seed}"
         self.config = run_config(run, seed)
         self.fingerprint = fingerprint(self.config)
@@ -155,6 +158,7 @@ class RunSession:
             LabelSpacePlugin(self.benchmark, label_space, run.eval.task_aware),
             RecipePlugin(run.train, self.benchmark.experience_names),
             FiniteGuard(self.run_id),
+            *([ProgressPlugin(self.run_id, self.benchmark.n_experiences)] if self.progress else []),
         ]
         self.strategy = spec.build(
             self.model, run.method.cfg, train=run.train, plugins=plugins, evaluator=evaluator,
@@ -225,7 +229,7 @@ class RunSession:
             self.build()
             record = self._train_and_evaluate(started)
         except KeyboardInterrupt:
-            log.warning("%s: interrupted; the last checkpoint is kept and the next run resumes it", self.run_id)
+            handler.stream.write(f"{_now()} {self.run_id}: interrupted; the last checkpoint is kept\n")
             self._close(exit_code=1, status="interrupted")
             raise
         except Exception as error:
@@ -306,8 +310,11 @@ class RunSession:
         seen = seen_accuracy_per_step(block, sizes if self.benchmark.protocol == "seen" else None)[-1]
         log.info("%s  exp %d/%d  acc_seen %.1f  (%.0f s)", self.run_id, step + 1, self.benchmark.n_experiences,
                  100 * seen, seconds)
+        figures = {"results/experience": step + 1, "results/acc_seen": seen}
+        if self.benchmark.protocol == "task" and self.benchmark.n_experiences > 1:
+            figures["results/transfer"] = running_transfer(rows)
         if self.wandb is not None:
-            self.wandb.run.log({"results/experience": step + 1, "results/acc_seen": seen})
+            self.wandb.run.log(figures)
 
     def _save_checkpoint(self, path: Path, zero_shot: list[float] | None, rows: list, next_step: int) -> None:
         checkpoint.save(path, {
@@ -346,6 +353,17 @@ class RunSession:
         self.wandb.log_summary({f"final/{k}": v for k, v in record["metrics"].items() if v is not None})
         atomic_write_text(self.out / "metrics.json", json.dumps(record, indent=2))
         return record
+
+
+def running_transfer(rows: list[list[float]]) -> float:
+    """MTIL Transfer from the rows so far: (1/(T-1)) sum_{k>=1} mean_{j<min(k, t)} A[j,k].
+
+    With all T rows it is ``runs.metrics.transfer``; after t rows each column k only averages the
+    rows already there (the zero-shot accuracy of dataset k before it is trained, so far).
+    """
+    a = np.asarray(rows)  # (t, T)
+    t, n = a.shape
+    return float(np.mean([a[: min(k, t), k].mean() for k in range(1, n)]))
 
 
 def _one_line(error: BaseException) -> str:
@@ -540,7 +558,14 @@ def run_suite(suite: SuiteConfig, *, online: bool = False, only: list[str] | Non
                 break
     outcome.records = suite_records(suite)
     if outcome.records:
-        write_results(outcome.records, suite.dir)
+        order = [r.name for r in suite.runs]
+        write_results(outcome.records, suite.dir, suite=suite.name, run_order=order)
+        mode = "online" if online else suite.wandb.mode
+        if mode != "disabled" and (outcome.finished or outcome.failed):
+            from .share import log_suite_run
+
+            log_suite_run(suite.dir, outcome.records, dataclasses.asdict(suite.wandb), mode, suite=suite.name,
+                          run_order=order)
     return outcome
 
 
