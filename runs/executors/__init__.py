@@ -133,7 +133,7 @@ def run_suite(suite: SuiteConfig, options: ExecutorOptions, *, online: bool = Fa
         elif item.action == "skip-failed":
             reason = (item.state.record or {}).get("reason", "?")
             outcome.failed.append((run_id, f"failed earlier: {reason} (--rerun-failed restarts it)"))
-    jobs = jobs_of(suite, planned, probe, online=online, verbose=verbose)
+    jobs = jobs_of(suite, planned, probe, online=online, verbose=verbose, progress=False)
     results = backend.run(jobs, options) if jobs else []
     if results is None:  # submitted, not followed (--no-wait)
         return outcome

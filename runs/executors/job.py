@@ -41,6 +41,7 @@ class Job:
     online: bool = False
     verbose: bool = False
     threads: int | None = None  # torch.set_num_threads in the worker (None: leave torch's default)
+    progress: bool = True  # progress bars; off under local/ray/slurm (the driver prints one line per run)
     cwd: str = field(default_factory=os.getcwd)  # relative data_root / output_dir are relative to it
 
     @property
@@ -128,7 +129,8 @@ def run_job(job: Job, on_prepared: Callable[[Path], None] | None = None) -> JobR
                 return result
             folder.supersede((folder.meta() or {}).get("fingerprint", "nofingerprint"))
         log.info("%s: started on %s pid %d (%s torch threads)", job.run_id, result.host, result.pid, threads)
-        session = RunSession(job.suite, job.run, job.seed, online=job.online, verbose=job.verbose)
+        session = RunSession(job.suite, job.run, job.seed, online=job.online, verbose=job.verbose,
+                             progress=job.progress)
         if on_prepared is not None:
             session.prepare()
             on_prepared(session.out)
