@@ -381,3 +381,201 @@ def _worker_main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(_worker_main())
+
+
+# --------------------------------------------------------------------------- ConDU fusion sessions
+
+
+@dataclass
+class CondUSession:
+    """One ConDU session's figures (bytes, milliseconds); "extra" is above the memory held before it."""
+
+    session: int  # t: tasks after this session's unify
+    copy_bytes: int  # one model copy: the fp32 trainable tensors of one task model
+    unify_ms: float
+    unify_extra_bytes: int  # peak during unify_into − memory before it (model, θ⁰, U, triggers)
+    decouple_ms: float
+    decouple_extra_bytes: int  # peak during decouple_into of one task − memory before it
+    peak_reset: bool = True  # CPU: the RSS high-water mark could be reset before each measurement
+
+
+class _MemoryProbe:
+    """Peak-above-baseline of one code section: CUDA allocator stats, or this process's RSS (Linux)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.reset_ok = True
+
+    def start(self) -> int:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated()
+        self.reset_ok = _reset_peak_rss() and self.reset_ok
+        return _rss_bytes()
+
+    def peak(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return _peak_rss_bytes()
+
+
+def _synthetic_condu_state(params: dict[str, torch.Tensor], tasks: int,
+                           gen: torch.Generator) -> tuple[dict[str, torch.Tensor], list[Trigger]]:
+    """A unified delta and ``tasks`` triggers of random content (cost does not depend on the values)."""
+    unified = {n: torch.empty_like(p).normal_(0.0, 1e-3, generator=gen) for n, p in params.items()}
+    mask_gen = torch.Generator().manual_seed(0)  # masks live on the CPU (fusion's mask_device)
+    triggers = []
+    for i in range(tasks):
+        masks = {n: torch.randint(0, 256, ((p.numel() + 7) // 8,), dtype=torch.uint8, generator=mask_gen)
+                 for n, p in params.items()}
+        triggers.append(Trigger(mask=masks, shapes={n: p.shape for n, p in params.items()}, rescaler=1.0 + 0.1 * i))
+    return unified, triggers
+
+
+def _warm_up_fusion(session: int, device: str) -> None:
+    """One session on a toy state first: the first use of each kernel pages in its code (CPU RSS)."""
+    from strategies.condu.fusion import decouple_into, unify_into
+
+    toy = {"w": torch.randn(3 * 4096 + 5, device=device)}
+    toy0 = {"w": torch.zeros_like(toy["w"])}
+    unified, triggers = (None, []) if session == 1 else _synthetic_condu_state(toy, session - 1,
+                                                                               torch.Generator(device=device))
+    unified, triggers = unify_into(unified, triggers, toy, toy0, chunk_bytes=1)
+    decouple_into(toy, toy0, unified, triggers[0], chunk_bytes=1)
+
+
+def measure_condu_session(session: int, *, arch: str = "clip-tiny", units: str = "full", device: str = "cpu",
+                          chunk_bytes: int | None = None) -> CondUSession:
+    """Time and extra peak memory of ConDU session ``session`` (unify_into) and of one decouple_into.
+
+    The state before the session — θ⁰, U and ``session − 1`` triggers, random content — is built
+    in place (no temporaries); θ = θ⁰ + noise stands for the trained task model. A session on a toy
+    state runs first, so that code paged in by the kernels' first use is not counted.
+    """
+    from strategies.condu.fusion import decouple_into, unify_into
+
+    if session < 1:
+        raise ValueError(f"session must be >= 1, got {session}")
+    device = str(resolve_device(device))
+    torch.manual_seed(0)
+    model, _, _ = build_clip(ModelConfig(arch=arch, pretrained="none", units=UnitsConfig(kind=units)), device)
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError(f"units={units!r} leaves no trainable tensor: ConDU needs full or lora")
+    theta0 = {n: p.clone() for n, p in params.items()}
+    gen = torch.Generator(device=device).manual_seed(0)
+    unified, triggers = (None, []) if session == 1 else _synthetic_condu_state(params, session - 1, gen)
+    for n, p in params.items():  # θ = θ⁰ + noise, in place
+        p.normal_(0.0, 1e-3, generator=gen).add_(theta0[n])
+    _warm_up_fusion(session, device)
+    probe = _MemoryProbe(device)
+    base = probe.start()
+    start = time.perf_counter()
+    unified, triggers = unify_into(unified, triggers, params, theta0, chunk_bytes=chunk_bytes)
+    if probe.cuda:
+        torch.cuda.synchronize()
+    unify_ms, unify_extra = (time.perf_counter() - start) * 1000, probe.peak() - base
+    base = probe.start()
+    start = time.perf_counter()
+    decouple_into(params, theta0, unified, triggers[0], chunk_bytes=chunk_bytes)
+    if probe.cuda:
+        torch.cuda.synchronize()
+    decouple_ms, decouple_extra = (time.perf_counter() - start) * 1000, probe.peak() - base
+    copy_bytes = sum(p.numel() * 4 for p in params.values())
+    return CondUSession(session, copy_bytes, unify_ms, max(unify_extra, 0), decouple_ms, max(decouple_extra, 0),
+                        probe.reset_ok)
+
+
+def _condu_session_in_subprocess(session: int, **kw: Any) -> CondUSession:
+    code = ("import json, sys; from dataclasses import asdict; from runs.bench import measure_condu_session; "
+            "kw = json.loads(sys.argv[2]); print(json.dumps(asdict(measure_condu_session(int(sys.argv[1]), **kw))))")
+    cmd = [sys.executable, "-c", code, str(session), json.dumps(kw)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"ConDU session worker {session} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return CondUSession(**json.loads(lines[-1]))
+
+
+def condu_eval_throughput(*, arch: str = "clip-tiny", units: str = "full", tasks: int = 11, top_k: int = 4,
+                          batch_size: int = 32, batches: int = 3, device: str = "cpu") -> dict[str, float]:
+    """Images per second of ConDU's task-aware and aggregated (top-K + pretrained) predictions.
+
+    ``tasks`` random task models (random U, masks, prototypes), 10 classes; one warm-up pass (text
+    features of every model cached), then ``batches`` timed batches of random images per route.
+    """
+    from strategies.condu.plugin import ConDUConfig, ConDUPlugin
+
+    device = str(resolve_device(device))
+    torch.manual_seed(0)
+    model, _, _ = build_clip(ModelConfig(arch=arch, pretrained="none", units=UnitsConfig(kind=units)), device)
+    model.eval()
+    model.set_class_prompts([[f"a photo of a {name}."] for name in CLASS_NAMES])
+    plugin = ConDUPlugin(model, ConDUConfig(top_k=top_k, inference="aggregated", cache_models=max(top_k, 1)))
+    gen = torch.Generator(device=device).manual_seed(0)
+    plugin.unified, plugin.triggers = _synthetic_condu_state(plugin.theta0, tasks, gen)
+    dim = _embed_dim(model)
+    plugin.prototypes = [torch.nn.functional.normalize(torch.randn(len(CLASS_NAMES), dim), dim=-1)
+                         for _ in range(tasks)]
+    size = image_size(model)
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    routes = {"task-aware": lambda: plugin.logits(model, 0, images),
+              "aggregated": lambda: plugin.predict(model, images, experience=-1)}
+    out = {}
+    for name, route in routes.items():
+        route()  # warm-up: text features, model cache
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(batches):
+            route()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        out[name] = batches * batch_size / (time.perf_counter() - start)
+    return out
+
+
+def bench_condu(*, arch: str = "clip-tiny", units: str = "full", tasks: int = 11, device: str = "auto",
+                top_k: int = 4, batch_size: int = 32, classes_per_task: int = 100,
+                chunk_bytes: int | None = None, isolate: bool | None = None) -> str:
+    """ConDU fusion per session (unify / decouple time and extra peak memory), eval throughput, storage.
+
+    Memory: CUDA — ``max_memory_allocated`` − allocated before, in this process; CPU — ``ru_maxrss``
+    − RSS before, one fresh process per session (``isolate``, default on CPU) with the high-water
+    mark reset right before each measurement (``/proc/self/clear_refs``).
+    """
+    device = str(resolve_device(device))
+    cuda = torch.device(device).type == "cuda"
+    isolate = (not cuda) if isolate is None else isolate
+    kw = {"arch": arch, "units": units, "device": device, "chunk_bytes": chunk_bytes}
+    sessions = [(_condu_session_in_subprocess if isolate else measure_condu_session)(t, **kw)
+                for t in range(1, tasks + 1)]
+    copy = sessions[0].copy_bytes
+    how = ("torch.cuda.max_memory_allocated() − memory allocated before, in one process" if cuda else
+           "ru_maxrss − RSS before, " + ("a fresh process per session" if isolate else "one process (not isolated)")
+           + ("" if all(s.peak_reset for s in sessions) else "; RSS high-water mark NOT reset: peaks overstated"))
+    where = f"{device} ({torch.cuda.get_device_name(torch.device(device))})" if cuda else device
+    lines = [f"ConDU fusion: arch {arch}, units {units}, {tasks} tasks, device {where}, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} CPU threads. One model copy = the fp32 trainable tensors "
+             f"({copy / MIB:.2f} MiB). Extra memory: {how}.", "",
+             "| session t | unify (ms) | unify extra peak (MiB) | ÷ model copy | decouple one task (ms) "
+             "| decouple extra peak (MiB) | ÷ model copy |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in sessions:
+        lines.append(f"| {s.session} | {s.unify_ms:.1f} | {s.unify_extra_bytes / MIB:.2f} | "
+                     f"{s.unify_extra_bytes / copy:.2f} | {s.decouple_ms:.1f} | {s.decouple_extra_bytes / MIB:.2f} | "
+                     f"{s.decouple_extra_bytes / copy:.2f} |")
+    lines.append(f"\nunify total over {tasks} sessions: {sum(s.unify_ms for s in sessions) / 1000:.2f} s")
+    speed = condu_eval_throughput(arch=arch, units=units, tasks=tasks, top_k=top_k, batch_size=batch_size,
+                                  device=device)
+    lines += ["", f"Evaluation throughput, batch {batch_size}, K = {top_k} of {tasks} tasks "
+              f"(ideal ratio 1/(K+1) = {1 / (top_k + 1):.2f}):", "",
+              "| prediction | images/s | ÷ task-aware |", "|---|---:|---:|"]
+    for name, value in speed.items():
+        lines.append(f"| {name} | {value:.1f} | {value / speed['task-aware']:.2f} |")
+    lines += ["", condu_storage(arch, units, classes_per_task, tasks)]
+    return "\n".join(lines)

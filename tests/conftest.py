@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,32 @@ import torch  # noqa: E402
 import strategies  # noqa: E402, F401  (torchvision shim before anything else)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need CUDA: skipped (not failed) on a machine without it."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marker gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_wandb(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """W&B state per test: its own folders, and no run left open for the next test.
+
+    ``wandb.init`` while a run is still open returns or finishes that run depending on the version,
+    so a test that does not finish its run made a later test see the earlier one's run folder.
+    """
+    folder = tmp_path_factory.mktemp("wandb")
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(folder / var.lower()))
+    yield
+    wandb = sys.modules.get("wandb")  # only if a test imported it: no import cost for the others
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 @pytest.fixture

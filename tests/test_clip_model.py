@@ -110,7 +110,7 @@ def test_text_features_cached_until_text_side_changes(tiny_model_factory):
         # shift of every feature dimension is removed by the final LayerNorm
         unit.up.weight.add_(0.3 * torch.randn(unit.up.weight.shape, generator=torch.Generator().manual_seed(0)))
         second = model.text_features()
-    assert second is not first and not torch.allclose(second, first)
+    assert second is not first and float((second - first).abs().max()) > 1e-3  # 0.019 on CPU: not rounding
 
 
 def test_text_features_recomputed_with_graph_when_text_trains(tiny_model_factory):

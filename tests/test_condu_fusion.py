@@ -302,7 +302,7 @@ def test_decouple_into_writes_task_model_in_place() -> None:
         torch.testing.assert_close(params[k].detach(), theta0[k] + tilde[k])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_unify_on_cuda_keeps_devices() -> None:
     gen = torch.Generator().manual_seed(4)
     deltas = [_random_delta(gen, 1.0) for _ in range(3)]

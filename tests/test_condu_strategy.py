@@ -72,6 +72,7 @@ def _session(tmp_path, run_name="condu-lora", **method):
 def test_task_aware_with_one_task_equals_the_finetuned_model(tmp_path):
     session = _session(tmp_path, inference="task_aware")
     images = torch.stack([session.benchmark.scenario.test_stream[0].dataset[i][0] for i in range(6)])
+    images = images.to(session.model.device)  # train.device auto: the model may be on CUDA
     capture = _Capture(images)
     session.strategy.plugins.insert(0, capture)  # runs before ConDU's after_training_exp
     session.strategy.train(session.benchmark.scenario.train_stream[0], eval_streams=[])
@@ -90,7 +91,7 @@ def test_aggregation_with_k_at_least_tasks_is_the_mean_of_all_models(tmp_path):
     plugin, model = session.strategy.condu, session.model
     model.eval()
     model.set_active_classes(sorted(c for e in session.benchmark.experience_classes[:2] for c in e))
-    images = torch.randn(5, 3, 32, 32)
+    images = torch.randn(5, 3, 32, 32, device=model.device)
     with torch.no_grad():
         aggregated = plugin.predict(model, images, experience=1)
         expected = []
@@ -158,7 +159,7 @@ def test_condu_state_dict_round_trip_gives_the_same_predictions(tmp_path):
     session.wandb.finish()
     other = _session(tmp_path / "b")
     other.strategy.condu.load_state_dict(state)
-    images = torch.randn(3, 3, 32, 32)
+    images = torch.randn(3, 3, 32, 32, device=session.model.device)
     for model in (session.model, other.model):
         model.eval()
         model.set_active_classes([0, 1, 2, 3, 4, 5])

@@ -126,8 +126,8 @@ def test_mozo_lowers_training_loss_on_synthetic_stream(tmp_path):
     session = RunSession(suite, run, 0)
     session.build()
     model, x_y = session.model, session.benchmark.scenario.train_stream[0].dataset
-    x = torch.stack([x_y[i][0] for i in range(len(x_y))])
-    y = torch.tensor([x_y[i][1] for i in range(len(x_y))])
+    x = torch.stack([x_y[i][0] for i in range(len(x_y))]).to(model.device)  # train.device auto: maybe CUDA
+    y = torch.tensor([x_y[i][1] for i in range(len(x_y))], device=model.device)
     model.set_active_classes(session.benchmark.experience_classes[0])
 
     def eval_loss():

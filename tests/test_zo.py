@@ -359,7 +359,9 @@ def test_step_randomness_is_shared_by_all_evaluations():
     groups = [ZOGroup("w", [w], eps=1e-3), ZOGroup("c", [c], eps=1e-3)]
     for seed in range(10):
         res = zo_step(groups, loss, seed, lr=0.05, rng_seed_for_model=1234)
-        assert res.loss_after == float(seeded(loss, 1234)())
+        # same randomness, two code paths: equal up to float64 rounding (1 ulp seen on CUDA); another
+        # dropout mask would change the loss by ~10 %
+        assert res.loss_after == pytest.approx(float(seeded(loss, 1234)()), rel=1e-12, abs=0)
         assert res.loss_after <= res.loss
 
 

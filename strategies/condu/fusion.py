@@ -212,20 +212,21 @@ def _rescalers(num: Tensor, den: Tensor) -> list[float]:
 # bit-identical U, masks and rescalers.
 
 SUM_BLOCK = 4096  # elements per block of the rescaler sums (a multiple of 8: whole mask bytes)
-CHUNK_BYTES = 64 * 2**20  # default budget for a chunk's temporaries (capped at 1/8 of the delta's size)
-BYTES_PER_TASK_ELEMENT = 16  # temporaries of one chunk entry of one task (stack, masks, |x|, products)
+CHUNK_BYTES = 64 * 2**20  # default budget for a chunk's temporaries (capped at 1/16 of the delta's size)
+BYTES_PER_TASK_ELEMENT = 24  # temporaries per chunk entry and task: stack 4, Mⁱ 1, Mⁱ⊙U 4, |x| 4, float64 sums 8, …
 
-ChunkSource = Callable[[str, int, int], Tensor]  # (key, start, stop) -> flat float chunk of one task
+StackFill = Callable[[str, int, int], Tensor]  # (key, start, stop) -> the T deltas' chunk, (T, stop - start)
 
 
 def _chunk_elements(sizes: Mapping[str, int], n_tasks: int, chunk_bytes: int | None) -> int:
-    """Elements per chunk: ``chunk_bytes / (16 · T)`` rounded down to whole SUM_BLOCKs (≥ 1 block).
+    """Elements per chunk: ``chunk_bytes / (24 · T)`` rounded down to whole SUM_BLOCKs (≥ 1 block).
 
-    ``chunk_bytes=None``: min(CHUNK_BYTES, 1/8 of the fp32 size of the delta), so a small model's
-    chunks stay small against one model copy too.
+    ``chunk_bytes=None``: min(CHUNK_BYTES, 1/16 of the fp32 size of the delta), so a small model's
+    chunks stay small against one model copy too (the allocator's fragmentation adds to the
+    temporaries: on CPU the measured extra RSS is a few times the budget).
     """
     if chunk_bytes is None:
-        chunk_bytes = max(min(CHUNK_BYTES, 4 * sum(sizes.values()) // 8), 1)
+        chunk_bytes = max(min(CHUNK_BYTES, 4 * sum(sizes.values()) // 16), 1)
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
     blocks = chunk_bytes // (BYTES_PER_TASK_ELEMENT * max(n_tasks, 1) * SUM_BLOCK)
@@ -249,9 +250,31 @@ def _block_abs_sums(x: Tensor) -> Tensor:
     return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
-def _mask_chunk(packed: Tensor, start: int, stop: int, device: torch.device) -> Tensor:
-    """Mⁱ[start:stop] of a flat packed mask (``start`` on the block grid), bool on ``device``."""
-    return unpack_mask(packed[start // 8:(stop + 7) // 8].to(device), (stop - start,))
+def _pack_rows(masks: Tensor) -> Tensor:
+    """:func:`pack_mask` of each row of a bool (R, c): (R, ⌈c/8⌉) uint8."""
+    pad = (-masks.shape[1]) % 8
+    bits = torch.nn.functional.pad(masks, (0, pad)).view(masks.shape[0], -1, 8).to(torch.uint8)  # (R, c/8, 8)
+    shifts = torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=masks.device)
+    return (bits << shifts).sum(-1, dtype=torch.uint8)  # disjoint bits: the sum is the bitwise or
+
+
+def _unpack_rows(packed: Tensor, n: int) -> Tensor:
+    """:func:`unpack_mask` of each row of (R, ⌈n/8⌉) uint8: bool (R, n)."""
+    shifts = torch.tensor(_BIT_SHIFTS, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1  # (R, n/8, 8)
+    return bits.reshape(packed.shape[0], -1)[:, :n].bool()
+
+
+def _mask_rows(triggers: list[Trigger], key: str, start: int, stop: int, device: torch.device) -> Tensor:
+    """Mⁱ[start:stop] of every trigger (``start`` on the block grid): bool (R, stop − start) on ``device``."""
+    rows = torch.stack([t.mask[key][start // 8:(stop + 7) // 8] for t in triggers])  # (R, bytes)
+    return _unpack_rows(rows.to(device), stop - start)
+
+
+def _decoupled_rows(u: Tensor, triggers: list[Trigger], key: str, start: int, stop: int, out: Tensor) -> None:
+    """out = δ̃ⁱ[start:stop] = (U ⊙ Mⁱ)·λ_i per trigger, (R, c), the same float operations as :func:`decouple`."""
+    torch.mul(u, _mask_rows(triggers, key, start, stop, u.device), out=out)
+    out *= torch.tensor([t.rescaler for t in triggers], dtype=out.dtype, device=out.device)[:, None]
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -266,45 +289,46 @@ def _flat(x: Tensor) -> Tensor:
 
 def _elect_chunked(
     shapes: Mapping[str, torch.Size],
-    sources: list[ChunkSource],
+    fill: StackFill,
     out_unified: Mapping[str, Tensor],
     out_masks: list[dict[str, Tensor]],
     rescaler: str,
     chunk_bytes: int | None,
 ) -> list[float]:
-    """Elect chunk by chunk over the T = len(sources) deltas; write U and packed Mⁱ; return the λ_i.
+    """Elect chunk by chunk over the T = len(out_masks) deltas; write U and packed Mⁱ; return the λ_i.
 
-    A chunk of every source is read before the chunk of ``out_unified`` / ``out_masks`` is written, so
-    the outputs may be the very tensors the sources read from (in-place sessions).
+    ``fill`` reads a chunk of every delta before that chunk of ``out_unified`` / ``out_masks`` is
+    written, so the outputs may be the very tensors it reads from (in-place sessions).
     """
-    n_tasks = len(sources)
+    n_tasks = len(out_masks)
     size = _chunk_elements({k: s.numel() for k, s in shapes.items()}, n_tasks, chunk_bytes)
-    num_parts, den_parts = [], []  # per tensor, on the compute device; summed once at the end
-    for key, shape in shapes.items():
+    # Preallocated accumulators: no small tensor outlives its chunk, which would fragment the heap
+    # between the chunks' large temporaries (measured: RSS then grows ~1 chunk per chunk on CPU).
+    totals: Tensor | None = None  # (2, keys, T) float64: num, den per tensor
+    for index, (key, shape) in enumerate(shapes.items()):
         n, out = shape.numel(), _flat(out_unified[key])
-        num_blocks, den_blocks = [], []
+        blocks: Tensor | None = None  # (2, T, ⌈n/B⌉) float64 block sums
         for start, stop in _chunks(n, size):
-            first = sources[0](key, start, stop)
-            stack = first.new_empty((n_tasks, stop - start))  # (T, c)
-            stack[0] = first
-            for i in range(1, n_tasks):
-                stack[i] = sources[i](key, start, stop)
+            stack = fill(key, start, stop)  # (T, c)
+            if blocks is None:
+                blocks = stack.new_zeros((2, n_tasks, -(-n // SUM_BLOCK)), dtype=torch.float64)
             _, u, m = elect(stack)  # (c,), (T, c)
             out[start:stop] = u
+            packed = _pack_rows(m).to(out_masks[0][key].device)  # (T, c/8)
             for i in range(n_tasks):
-                out_masks[i][key][start // 8:(stop + 7) // 8] = pack_mask(m[i]).to(out_masks[i][key].device)
-            num_blocks.append(_block_abs_sums(stack))
-            den_blocks.append(_block_abs_sums(m * u))  # Mⁱ ⊙ U
-        if n == 0:
+                out_masks[i][key][start // 8:start // 8 + packed.shape[1]] = packed[i]
+            first, last = start // SUM_BLOCK, -(-stop // SUM_BLOCK)
+            blocks[0, :, first:last] = _block_abs_sums(stack)
+            blocks[1, :, first:last] = _block_abs_sums(m * u)  # Mⁱ ⊙ U
+            del stack, u, m, packed
+        if blocks is None:  # a tensor with no entries adds nothing
             continue
-        divisor = n if rescaler == "mean_abs" else 1  # mean|x| or ‖x‖₁ per tensor
-        num_parts.append(torch.cat(num_blocks, 1).sum(1) / divisor)
-        den_parts.append(torch.cat(den_blocks, 1).sum(1) / divisor)
-    num = torch.zeros(n_tasks, dtype=torch.float64)
-    den = torch.zeros(n_tasks, dtype=torch.float64)
-    for n_part, d_part in zip(num_parts, den_parts, strict=True):
-        num += n_part.cpu()
-        den += d_part.cpu()
+        if totals is None:
+            totals = blocks.new_zeros((2, len(shapes), n_tasks))
+        totals[:, index] = blocks.sum(2) / (n if rescaler == "mean_abs" else 1)  # mean|x| or ‖x‖₁
+    if totals is None:
+        totals = torch.zeros((2, 0, n_tasks), dtype=torch.float64)
+    num, den = totals.cpu().sum(1)  # (T,) each: Σ over tensors
     return _rescalers(num, den)
 
 
@@ -312,18 +336,18 @@ def _new_masks(shapes: Mapping[str, torch.Size], device: torch.device | str) -> 
     return {k: torch.zeros((s.numel() + 7) // 8, dtype=torch.uint8, device=device) for k, s in shapes.items()}
 
 
-def _delta_source(delta: Mapping[str, Tensor]) -> ChunkSource:
-    return lambda key, start, stop: _flat(delta[key].detach())[start:stop]
+def _session_fill(unified: Mapping[str, Tensor], triggers: list[Trigger], new_chunk: StackFill) -> StackFill:
+    """Chunks of [δ̃¹ … δ̃ᵗ⁻¹ (decoupled from U), δᵗ (``new_chunk``)], on the device of δᵗ."""
+    def fill(key: str, start: int, stop: int) -> Tensor:
+        new = new_chunk(key, start, stop)
+        stack = new.new_empty((len(triggers) + 1, stop - start))  # (T, c)
+        if triggers:
+            u = _flat(unified[key])[start:stop].to(new.device)
+            _decoupled_rows(u, triggers, key, start, stop, stack[:-1])
+        stack[-1] = new
+        return stack
 
-
-def _decoupled_source(unified: Mapping[str, Tensor], trigger: Trigger, device_of: Mapping[str, Tensor]) -> ChunkSource:
-    """Chunks of δ̃ⁱ = λ_i · Mⁱ ⊙ U (computed as in :func:`decouple`), on the device of ``device_of[key]``."""
-    def chunk(key: str, start: int, stop: int) -> Tensor:
-        device = device_of[key].device
-        u = _flat(unified[key])[start:stop].to(device)
-        return u * _mask_chunk(trigger.mask[key], start, stop, device) * trigger.rescaler
-
-    return chunk
+    return fill
 
 
 def unify_deltas(
@@ -346,9 +370,13 @@ def unify_deltas(
     first = deltas[0]
     shapes = {k: v.shape for k, v in first.items()}
     aligned = [{k: d[k].detach().to(first[k]).contiguous() for k in first} for d in deltas]
+
+    def fill(key: str, start: int, stop: int) -> Tensor:
+        return torch.stack([_flat(d[key])[start:stop] for d in aligned])  # (T, c)
+
     unified = {k: torch.empty_like(v, memory_format=torch.contiguous_format) for k, v in first.items()}
     masks = [_new_masks(shapes, mask_device) for _ in deltas]
-    lams = _elect_chunked(shapes, [_delta_source(d) for d in aligned], unified, masks, rescaler, chunk_bytes)
+    lams = _elect_chunked(shapes, fill, unified, masks, rescaler, chunk_bytes)
     return unified, [Trigger(mask=m, shapes=dict(shapes), rescaler=lam) for m, lam in zip(masks, lams, strict=True)]
 
 
@@ -391,10 +419,10 @@ def unify(
     new = {k: v.detach().contiguous() for k, v in new_delta.items()}
     shapes = {k: v.shape for k, v in new.items()}
     old = unified if unified is not None else {}  # _check_session: no unified delta means no old triggers
-    sources = [_decoupled_source(old, trig, new) for trig in triggers] + [_delta_source(new)]
+    fill = _session_fill(old, triggers, lambda key, start, stop: _flat(new[key])[start:stop])
     out = {k: torch.empty_like(v) for k, v in new.items()}
-    masks = [_new_masks(shapes, mask_device) for _ in sources]
-    lams = _elect_chunked(shapes, sources, out, masks, rescaler, chunk_bytes)
+    masks = [_new_masks(shapes, mask_device) for _ in range(len(triggers) + 1)]
+    lams = _elect_chunked(shapes, fill, out, masks, rescaler, chunk_bytes)
     logger.debug("ConDU unify: %d tasks, rescalers %s", len(lams), lams)
     return out, [Trigger(mask=m, shapes=dict(shapes), rescaler=lam) for m, lam in zip(masks, lams, strict=True)]
 
@@ -433,10 +461,9 @@ def unify_into(
 
     if unified is None:
         unified = {k: torch.empty_like(theta[k].detach(), memory_format=torch.contiguous_format) for k in ref}
-    sources = [_decoupled_source(unified, trig, theta) for trig in triggers] + [new_chunk]
     new_trigger = Trigger(mask=_new_masks(shapes, mask_device), shapes=dict(shapes), rescaler=1.0)
     masks = [trig.mask for trig in triggers] + [new_trigger.mask]
-    lams = _elect_chunked(shapes, sources, unified, masks, rescaler, chunk_bytes)
+    lams = _elect_chunked(shapes, _session_fill(unified, triggers, new_chunk), unified, masks, rescaler, chunk_bytes)
     out = [*triggers, new_trigger]
     for trig, lam in zip(out, lams, strict=True):
         trig.rescaler = lam
@@ -476,13 +503,14 @@ def decouple_into(
     _check_layout(params, unified, "decouple_into(params, unified)", subset=True)
     _check_layout(theta0, unified, "decouple_into(theta0, unified)", subset=True)
     size = _chunk_elements({k: u.numel() for k, u in unified.items()}, 1, chunk_bytes)
-    source = _decoupled_source(unified, trigger, params)
     with torch.no_grad():
         for key in unified:
             p, p0 = _flat(params[key]), _flat(theta0[key])
             for start, stop in _chunks(p.numel(), size):
+                tilde = p.new_empty((1, stop - start), dtype=unified[key].dtype)
+                _decoupled_rows(_flat(unified[key])[start:stop].to(p.device), [trigger], key, start, stop, tilde)
                 p[start:stop] = p0[start:stop]
-                p[start:stop] += source(key, start, stop).to(p.dtype)
+                p[start:stop] += tilde[0].to(p.dtype)
 
 
 # --------------------------------------------------------------------------- storage

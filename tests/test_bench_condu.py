@@ -1,0 +1,54 @@
+"""``python -m runs bench condu``: ConDU session time and extra peak memory (issue 14, item 4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runs.bench import _condu_session_in_subprocess, bench_condu, measure_condu_session
+from strategies.condu.fusion import unify_into
+
+# clip-tiny, LoRA rank 64 on c_fc (64 -> 256) and c_proj (256 -> 64) of 2 + 2 blocks:
+# per block 64·64 + 256·64 + 64·256 + 64·64 = 40960 parameters; 4 blocks, 4 bytes each.
+TINY_LORA_COPY = 4 * 4 * 40960
+
+
+def test_session_figures_in_process():
+    s = measure_condu_session(3, arch="clip-tiny", units="lora", device="cpu")
+    assert s.session == 3 and s.copy_bytes == TINY_LORA_COPY
+    assert s.unify_ms > 0 and s.decouple_ms > 0 and s.unify_extra_bytes >= 0
+
+
+def test_unify_extra_peak_is_below_one_model_copy_at_11_tasks_on_cpu():
+    """The acceptance figure at small scale: a fresh process, RSS high-water mark reset before unify."""
+    s = _condu_session_in_subprocess(11, arch="clip-tiny", units="full", device="cpu", chunk_bytes=None)
+    assert s.peak_reset, "the RSS high-water mark could not be reset: the figure would be meaningless"
+    assert 0 <= s.unify_extra_bytes <= s.copy_bytes, s
+
+
+def test_bench_condu_table_has_every_session_throughput_and_storage():
+    table = bench_condu(arch="clip-tiny", units="lora", tasks=2, device="cpu", top_k=1, batch_size=4,
+                        isolate=False)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "2"]
+    assert "| task-aware |" in table and "| aggregated |" in table and "1/(K+1) = 0.50" in table
+    assert "ConDU storage: arch clip-tiny, units lora" in table  # the condu-storage table, folded in
+
+
+@pytest.mark.gpu
+def test_unify_extra_cuda_memory_is_below_one_model_copy_at_11_tasks():
+    torch.manual_seed(0)
+    shapes = {"emb": (49408, 64), "w": (256, 64), "b": (64,)}
+    theta0 = {k: torch.randn(s, device="cuda") for k, s in shapes.items()}
+    copy = sum(t.numel() * 4 for t in theta0.values())
+    unified, triggers = None, []
+    for _ in range(11):
+        theta = {k: v + 0.01 * torch.randn_like(v) for k, v in theta0.items()}
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        unified, triggers = unify_into(unified, triggers, theta, theta0)
+        extra = torch.cuda.max_memory_allocated() - base
+        del theta
+    assert extra <= copy, (extra, copy)
+    assert all(u.is_cuda for u in unified.values()) and not triggers[0].mask["emb"].is_cuda
