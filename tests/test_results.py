@@ -245,5 +245,6 @@ def test_unknown_only_name_lists_the_runs(tmp_path, capsys):
 def test_help_lists_every_command_and_the_exit_codes(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for word in ("run", "validate", "report", "data", "bench", "130", "refused before any work"):
+    for word in ("run", "validate", "report", "share", "list", "status", "data", "bench", "130",
+                 "refused before any work"):
         assert word in text
