@@ -468,3 +468,15 @@ def test_per_tower_step_costs_the_forwards_of_a_joint_step(tiny_model_factory, m
     # joint: L(θ), 2 joint probes, 2 candidates. per_tower: L(θ); vision probes reuse the text features,
     # language probes the image features of L(θ); 2 candidates
     assert calls == {"image": 5, "text": 5}
+
+
+def test_alignment_bench_table(tmp_path):
+    from runs.bench_align import alignment_table
+
+    table = alignment_table(arch="clip-tiny", batch_size=2, directions_per_seed=3, seeds=2, ratios=(0.5,))
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"joint", "scaled", "per_tower"} and "3 directions × 2 seeds" in table
+    assert rows["scaled"][2:4] == rows["joint"][2:4] and rows["scaled"][4].startswith("0.5")  # same direction
+    assert rows["per_tower"][3] == "1.000 ± 0.000"  # a lone two-sided vision probe has the gradient's sign
+    with pytest.raises(ValueError, match="mozo-align: directions, seeds and ratios"):
+        alignment_table(directions_per_seed=0)

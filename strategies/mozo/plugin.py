@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 # before_backward only adds a penalty computed from (model, mb_x, mb_output): safe to replay per probe
 PENALTY_PLUGINS: tuple[type, ...] = (LwFPlugin, EWCPlugin, SynapticIntelligencePlugin, MASPlugin)
 VISION_PERTURBATIONS: tuple[str, ...] = ("joint", "per_tower", "scaled")
+VisionPerturbation = Literal["joint", "per_tower", "scaled"]
 
 
 @dataclass
@@ -57,17 +58,15 @@ class MoZOConfig:
     one_based: bool = True  # layer numbers (hop-odd/even, lists) count from 1, as the paper's tables
     eps_language: float = 1e-3  # ZO perturbation radius ε_l of language units (paper's ZO default)
     eps_vision: float = 5e-4  # ε_v < ε_l: the vision branch's ZO estimate has higher variance
-    # joint: one probe over both towers (paper's literal reading); per_tower: each tower's estimate
-    # from its own probe pair; scaled: joint probe, vision update × ε_v/ε_l (README: Fidelity / MoZO)
-    vision_perturbation: Literal["joint", "per_tower", "scaled"] = "joint"
-    zo_lr: float | None = None  # ZO step size at the base lr; None = the optimizer's current lr
+    vision_perturbation: VisionPerturbation = "joint"  # joint probe | one probe per tower | joint, vision step ×ε_v/ε_l
+    zo_lr: float | None = None  # ZO step size at the optimizer's initial lr (scaled by its schedule); None = its lr
     queries: int = 1  # q: random directions averaged per ZO estimate
     two_sided: bool = True  # (L(θ+εz) − L(θ−εz))/2ε, else one-sided (L(θ+εz) − L(θ))/ε
     sign: Literal["scalar", "elementwise", "none"] = "scalar"  # sign normalisation of the estimate
     candidate: Literal["conservative", "aggressive"] = "conservative"  # keep best of θ, θ∓ηĝ / apply ĝ
     mix: float = 1.0  # λ: ZO step = λ · ZO lr (1 = FO and ZO updates both applied each step)
     zo_weight_decay: float = 0.0  # decoupled weight decay on accepted ZO moves (matrices only)
-    penalties: bool = True  # ZO losses include LwF / EWC / SI / MAS penalties of attached plugins
+    penalties: bool = True  # ZO losses include the penalties of attached LwF / EWC / SI / MAS plugins
     log_every: int = 1  # publish ZO figures every this many iterations
 
     def __post_init__(self) -> None:
