@@ -52,10 +52,11 @@ def can_cut(clip: Any) -> bool:
     if not all(hasattr(tower, name) for name in parts):
         return False
     mask = getattr(tower, "attn_mask", None)
-    pool, _ = _pooling(clip)
+    pool, eos_id = _pooling(clip)
     return (
         isinstance(mask, torch.Tensor)
         and pool in _EOT_POOLS
+        and (pool != "eos" or eos_id is not None)
         and getattr(tower, "cls_emb", None) is None
         and not getattr(tower, "use_pad_mask", False)
     )
@@ -69,12 +70,16 @@ def prompt_length(clip: Any, tokens: torch.Tensor) -> int:
     """
     if not can_cut(clip) or tokens.shape[0] == 0:
         return int(tokens.shape[1])
+    return int(_ends(clip, tokens).max()) + 1
+
+
+def _ends(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """Pooling position per prompt, (P,): the first ``eos_id`` (``eos``) or the first maximal id
+    (``argmax``: the EOT token), exactly as open_clip's ``text_global_pool`` picks it."""
     pool, eos_id = _pooling(clip)
     if pool == "eos":
-        ends = (tokens == eos_id).int().argmax(dim=-1)  # (P,) first EOS, as open_clip pools
-    else:
-        ends = tokens.argmax(dim=-1)  # (P,) first maximal id = EOT, as open_clip pools
-    return int(ends.max()) + 1
+        return tokens.eq(int(eos_id or 0)).int().argmax(dim=-1)
+    return tokens.argmax(dim=-1)
 
 
 def _project(tower: Any, pooled: torch.Tensor) -> torch.Tensor:
@@ -88,12 +93,7 @@ def _project(tower: Any, pooled: torch.Tensor) -> torch.Tensor:
 
 def _pool(clip: Any, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Features at each prompt's EOT position, (P, W), as open_clip's ``text_global_pool``."""
-    pool, eos_id = _pooling(clip)
-    if pool == "eos":
-        ends = (tokens == eos_id).int().argmax(dim=-1)  # (P,)
-    else:
-        ends = tokens.argmax(dim=-1)  # (P,)
-    return x[torch.arange(x.shape[0], device=x.device), ends]
+    return x[torch.arange(x.shape[0], device=x.device), _ends(clip, tokens)]
 
 
 def _encode_cut(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
