@@ -132,7 +132,7 @@ def test_a_folder_or_missing_file_as_suite_is_one_line(tmp_path, capsys):
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_unchanged_interrupt_via_sigterm_closes_wandb_as_failed_and_resumes(tmp_path):
+def test_sigterm_stops_with_one_line_closes_wandb_as_failed_and_the_run_resumes(tmp_path):
     """A real process, a real SIGTERM after the first experience: one line, exit 130, checkpoint kept."""
     path = write_suite(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -149,8 +149,13 @@ def test_unchanged_interrupt_via_sigterm_closes_wandb_as_failed_and_resumes(tmp_
     assert ckpt.exists() and not (_folder(tmp_path) / "failed.json").exists()
     sessions = json.loads((_folder(tmp_path) / "provenance.json").read_text())["sessions"]
     assert sessions[-1]["status"] == "interrupted"
+    from test_wandb_logger import _finished_records
+
     offline = next((_folder(tmp_path) / "wandb").glob("offline-run-*"))
-    assert offline.exists()
+    exits = [r.exit for r in _finished_records(offline) if r.WhichOneof("record_type") == "exit"]
+    assert exits and exits[-1].exit_code == 1  # the W&B run is closed as failed
+    assert main(["run", str(path), "--only", "naive", "--set", "stream.n_experiences=4"]) == 0
+    assert (_folder(tmp_path) / "metrics.json").exists() and not ckpt.exists()
 
 
 def test_sigterm_handler_is_left_to_submitit_inside_a_submitit_job(monkeypatch):
