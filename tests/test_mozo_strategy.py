@@ -149,7 +149,7 @@ def test_tiny_mozo_paper_suite_runs_every_configuration(tmp_path):
     suite = _tiny_suite(tmp_path, ["train.epochs=1", "model.arch=clip-tiny-12l"])
     outcome = run_suite(suite)
     names = sorted(r["name"] for r in outcome.records)
-    assert outcome.failed == [] and names == sorted(r.name for r in suite.runs) and len(names) == 9
+    assert outcome.failed == [] and names == sorted(r.name for r in suite.runs) and len(names) == 10
     for record in outcome.records:
         assert np.isfinite(record["metrics"]["avg"]), record["name"]
 
@@ -206,7 +206,7 @@ def _moves(plugin, before):
 def test_defaults_are_the_papers_reading():
     cfg = MoZOConfig()
     assert (cfg.branch, cfg.layers, cfg.vision_perturbation, cfg.sign, cfg.candidate) == (
-        "dual", "hop-even", "joint", "scalar", "conservative")
+        "dual", "hop-even", "per_tower", "scalar", "conservative")  # per_tower: README alignment table
     assert cfg.eps_vision < cfg.eps_language and cfg.penalties and cfg.mix == 1.0 and cfg.zo_lr is None
 
 

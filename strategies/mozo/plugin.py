@@ -58,7 +58,7 @@ class MoZOConfig:
     one_based: bool = True  # layer numbers (hop-odd/even, lists) count from 1, as the paper's tables
     eps_language: float = 1e-3  # ZO perturbation radius ε_l of language units (paper's ZO default)
     eps_vision: float = 5e-4  # ε_v < ε_l: the vision branch's ZO estimate has higher variance
-    vision_perturbation: VisionPerturbation = "joint"  # joint probe / one probe per tower / joint, vision step ×ε_v/ε_l
+    vision_perturbation: VisionPerturbation = "per_tower"  # per_tower / joint (paper literal) / scaled: README
     zo_lr: float | None = None  # ZO step size at the optimizer's initial lr (scaled by its schedule); None = its lr
     queries: int = 1  # q: random directions averaged per ZO estimate
     two_sided: bool = True  # (L(θ+εz) − L(θ−εz))/2ε, else one-sided (L(θ+εz) − L(θ))/ε

@@ -40,7 +40,7 @@ class MoZO(SupervisedTemplate):
         one_based: bool = True,
         eps_language: float = 1e-3,
         eps_vision: float = 5e-4,
-        vision_perturbation: Literal["joint", "per_tower", "scaled"] = "joint",
+        vision_perturbation: Literal["joint", "per_tower", "scaled"] = "per_tower",
         zo_lr: float | None = None,
         queries: int = 1,
         two_sided: bool = True,
