@@ -100,16 +100,19 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def _create(self) -> bool:
+        """Publish a complete lock file or nothing: write a private temporary file, then ``os.link`` it
+        to the lock's name (atomic, and it fails when the name exists), so no contender ever reads a
+        half-written lock (which would look stale and be taken over)."""
         now = time.time()
         info = LockInfo(socket.gethostname(), os.getpid(), now, now, secrets.token_hex(8))
+        tmp = self.path.with_name(f".{self.path.name}.new-{info.token}")
+        atomic_write_text(tmp, json.dumps(asdict(info)))
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, self.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(asdict(info)))
-            f.flush()
-            os.fsync(f.fileno())
+        finally:
+            tmp.unlink(missing_ok=True)
         self.info = info
         return True
 

@@ -141,18 +141,20 @@ def test_wandb_ids_are_unique_per_folder_and_kept_on_resume(tmp_path, monkeypatc
 def test_entity_and_fingerprint_reach_wandb_init(tmp_path, monkeypatch):
     import wandb
 
-    seen = {}
+    calls = []
     real = wandb.init
 
     def spy(**kwargs):
-        seen.update(kwargs)
+        calls.append(kwargs)
         return real(**kwargs)
 
     monkeypatch.setattr(wandb, "init", spy)
     path = write_suite(tmp_path)
     suite = load_suite(path, ["suite.wandb.entity=my-team"], only=["naive"])
     run_suite(suite, only=["naive"])
-    assert seen["entity"] == "my-team" and seen["name"] == "naive-seed0"
+    (seen,) = [c for c in calls if c.get("name") == "naive-seed0"]
+    assert seen["entity"] == "my-team"
+    assert all(c["entity"] == "my-team" for c in calls)  # the suite-level run too
     record = json.loads((_folder(tmp_path) / "metrics.json").read_text())
     assert seen["id"] == record["wandb_id"]
     assert seen["config"]["fingerprint"] == record["fingerprint"]
