@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,16 @@ def test_method_recipe_sits_between_defaults_and_yaml(tmp_path):
     recipe, short = load_suite(_write(tmp_path, text)).runs
     assert recipe.train.label_smoothing == 0.2 and recipe.train.iterations == 1000  # ConDU's recipe
     assert short.train.iterations == 5 and short.train.label_smoothing == 0.2  # YAML beats the recipe
+
+
+def test_set_applies_a_method_option_to_the_runs_that_have_it_and_scopes_to_only():
+    smoke = Path(__file__).resolve().parents[1] / "runs" / "suites" / "smoke.yaml"
+    suite = load_suite(smoke, ["method.alpha=2", "suite.wandb.project=p", "ewc:method.ewc_lambda=3"])
+    runs = {r.name: r for r in suite.runs}
+    assert runs["lwf"].method.cfg.alpha == 2.0 and suite.wandb.project == "p"
+    assert runs["ewc"].method.cfg.ewc_lambda == 3.0
+    scoped = load_suite(smoke, ["train.lr=0.5"], only=["naive"])
+    assert [r.train.lr for r in scoped.runs if r.name == "naive"] == [0.5]
+    assert all(r.train.lr == 0.01 for r in scoped.runs if r.name != "naive")
+    with pytest.raises(ConfigError, match="no selected run has option 'method.alpha'"):
+        load_suite(smoke, ["method.alpha=2"], only=["naive"])
