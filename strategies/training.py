@@ -114,6 +114,18 @@ def make_criterion(cfg: TrainConfig) -> ActiveClassCrossEntropy:
     return ActiveClassCrossEntropy(cfg.label_smoothing)
 
 
+def has_several_task_labels(experience: Any) -> bool:
+    """Does the stream ``experience`` comes from carry more than one task label (task-incremental)?
+
+    The ``auto`` rule of :class:`LabelSpacePlugin` and of ConDU's ``inference``; False when the
+    experience does not know its stream.
+    """
+    stream = getattr(experience, "origin_stream", None)
+    if stream is None:
+        return False
+    return len({label for e in stream for label in e.task_labels}) > 1
+
+
 class LabelSpacePlugin(SupervisedPlugin):
     """Sets the classifier's active classes and prompt set before each training / evaluation experience.
 
@@ -147,18 +159,11 @@ class LabelSpacePlugin(SupervisedPlugin):
         self.train_label_space = train_label_space
         self.protocol = "task" if task_aware else protocol
         self.seen: set[int] = set()
-        self._stream_kind: tuple[Any, bool] | None = None  # (stream, has several task labels)
 
     def _task_protocol(self, experience: Any) -> bool:
         if self.protocol != "auto":
             return self.protocol == "task"
-        stream = getattr(experience, "origin_stream", None)
-        if stream is None:
-            return False
-        if self._stream_kind is None or self._stream_kind[0] is not stream:
-            labels = {label for e in stream for label in e.task_labels}
-            self._stream_kind = (stream, len(labels) > 1)
-        return self._stream_kind[1]
+        return has_several_task_labels(experience)
 
     def _install_prompts(self, model: CLIPClassifier) -> None:
         bench = self.benchmark

@@ -53,6 +53,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from torch.utils.data import DataLoader
 
 from ..clip import CLIPClassifier
+from ..training import has_several_task_labels
 from .fusion import Trigger, decouple, storage_report, unify_into
 from .prototypes import aggregate_logits, aggregation_weights, class_prototypes, select_tasks, task_scores
 
@@ -142,7 +143,6 @@ class ConDUPlugin(SupervisedPlugin):
         self._rng: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # torch RNG state at its start
         self._route: int | None = None  # model of the experience under evaluation; None: aggregated
         self._delivered = False  # the strategy's forward already returned the aggregated logits
-        self._stream_kind: tuple[Any, bool] | None = None  # (last evaluated stream, task-incremental?)
 
     # ---- model swapping ----------------------------------------------------------------------
     def _weights(self, task: int) -> dict[str, torch.Tensor]:
@@ -336,13 +336,7 @@ class ConDUPlugin(SupervisedPlugin):
     def _is_task_aware(self, experience: Any) -> bool:
         if self.cfg.inference != "auto":
             return self.cfg.inference == "task_aware"
-        stream = getattr(experience, "origin_stream", None)
-        if stream is None:
-            return False
-        if self._stream_kind is None or self._stream_kind[0] is not stream:
-            labels = {label for e in stream for label in e.task_labels}
-            self._stream_kind = (stream, len(labels) > 1)
-        return self._stream_kind[1]
+        return has_several_task_labels(experience)
 
     def predict(self, model: CLIPClassifier, images: torch.Tensor, experience: int,
                 task_aware: bool | None = None) -> torch.Tensor:
