@@ -268,7 +268,10 @@ def test_per_tower_moves_each_tower_by_the_sign_of_its_own_probe(tiny_model_fact
 
 @pytest.mark.parametrize(
     ("options", "calls", "queries"),
-    [({}, 5, 1), ({"queries": 3}, 9, 3), ({"two_sided": False}, 4, 1), ({"candidate": "aggressive"}, 2, 1),
+    [({"vision_perturbation": "joint"}, 5, 1), ({"vision_perturbation": "joint", "queries": 3}, 9, 3),
+     ({"vision_perturbation": "joint", "two_sided": False}, 4, 1),
+     ({"vision_perturbation": "joint", "candidate": "aggressive"}, 2, 1),
+     ({}, 7, 1),  # the default reading is per_tower
      ({"vision_perturbation": "per_tower"}, 7, 1), ({"vision_perturbation": "per_tower", "queries": 2}, 11, 2)],
 )
 def test_queries_sidedness_candidates_and_probes_set_the_loss_evaluations(tiny_model_factory, options, calls,
