@@ -550,7 +550,8 @@ def run_suite(suite: SuiteConfig, *, online: bool = False, only: list[str] | Non
         log.info("=== %s: %s on %s ===", run_id, item.run.method.name if item.run.method else "?",
                  item.run.stream.name if item.run.stream else "?")
         # under the run's lock; supersedes for --rerun-*; a run locked by a live worker is skipped
-        result = run_job(Job(suite, item.run, item.seed, item.action, online=online, verbose=verbose, cwd=""))
+        result = run_job(Job(suite, item.run, item.seed, item.action, online=online, verbose=verbose, cwd="",
+                             machine_checked=True))
         collect(outcome, [result])
         if result.status in ("failed", "refused"):
             log.error("%s", result.reason)

@@ -42,6 +42,7 @@ class Job:
     verbose: bool = False
     threads: int | None = None  # torch.set_num_threads in the worker (None: leave torch's default)
     progress: bool = True  # progress bars; off under local/ray/slurm (the driver prints one line per run)
+    machine_checked: bool = False  # the driver already ran runner.preflight on this machine (serial): skip it here
     cwd: str = field(default_factory=os.getcwd)  # relative data_root / output_dir are relative to it
 
     @property
@@ -105,7 +106,7 @@ def run_job(job: Job, on_prepared: Callable[[Path], None] | None = None) -> JobR
     threads = _enter(job)
     result = JobResult(job.run_id, "failed", threads=threads)
     problem = check_probe(job.suite, job.probe)
-    problems = [problem] if problem else check_machine(job.run)
+    problems = [problem] if problem else [] if job.machine_checked else check_machine(job.run)
     if problems:
         result.reason = f"{job.run_id}: cannot start here: " + " | ".join(problems)
         return result
