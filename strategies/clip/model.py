@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..rng import run_seeded
 from .text import encode_text
 from .units import UnitKey, UnitsConfig, inject_units, tower_modules
 
@@ -76,6 +77,9 @@ class CLIPClassifier(nn.Module):
         self.prompt_sets: dict[str, list[list[str]]] = {name: [] for name in PROMPT_SETS}
         self.prompt_set: str = "eval"  # which set scores classes: "train" or "eval" (use_prompts)
         self.active_classes: list[int] = []
+        self.tower_seeds: tuple[int, int] | None = None  # seeded forward (MoZO's step randomness): see forward
+        self.seeded_image_features: torch.Tensor | None = None  # image features of the last seeded forward
+        self.seeded_text_features: torch.Tensor | None = None  # its text features
         self._text_cache: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
         self._text_version: int | None = None
         self._text_tensors = [t for m in tower_modules(clip)["language"] for t in m.parameters()]
@@ -181,7 +185,17 @@ class CLIPClassifier(nn.Module):
         return logits.index_copy(1, active, scores)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits_from_features(self.encode_image(images), self.text_features())
+        """Logits of ``images``; with ``tower_seeds = (s_vision, s_language)`` set, each tower runs under
+        its own seeded randomness (:func:`strategies.rng.run_seeded`) and the features are kept in
+        ``seeded_image_features`` / ``seeded_text_features`` (MoZO takes L(θ) and the features at θ from
+        this forward)."""
+        if self.tower_seeds is None:
+            return self.logits_from_features(self.encode_image(images), self.text_features())
+        vision, language = self.tower_seeds
+        image = run_seeded(lambda: self.encode_image(images), vision)
+        text = run_seeded(self.text_features, language)
+        self.seeded_image_features, self.seeded_text_features = image, text
+        return self.logits_from_features(image, text)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -29,6 +29,7 @@ Choices where the paper is silent (documented in the README, "Fidelity / MoZO"):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -40,8 +41,10 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin, MASPlugin, SynapticIntelligencePlugin
 
 from ..clip import CLIPClassifier, UnitKey
+from ..rng import run_seeded
+from .prefix import PrefixCache, run_with_prefix
 from .selector import BRANCHES, select_zo_units
-from .zo import LossFn, ZOGroup, ZOStepResult, seeded, zo_step
+from .zo import LossFn, ZOGroup, ZOStepResult, zo_step
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ logger = logging.getLogger(__name__)
 PENALTY_PLUGINS: tuple[type, ...] = (LwFPlugin, EWCPlugin, SynapticIntelligencePlugin, MASPlugin)
 VISION_PERTURBATIONS: tuple[str, ...] = ("joint", "per_tower", "scaled")
 VisionPerturbation = Literal["joint", "per_tower", "scaled"]
+PROBE_PRECISIONS: tuple[str, ...] = ("fp32", "train")
+CANDIDATES: tuple[str, ...] = ("conservative", "aggressive", "probe")
 
 
 @dataclass
@@ -63,15 +68,17 @@ class MoZOConfig:
     queries: int = 1  # q: random directions averaged per ZO estimate
     two_sided: bool = True  # (L(θ+εz) − L(θ−εz))/2ε, else one-sided (L(θ+εz) − L(θ))/ε
     sign: Literal["scalar", "elementwise", "none"] = "scalar"  # sign normalisation of the estimate
-    candidate: Literal["conservative", "aggressive"] = "conservative"  # keep best of θ, θ∓ηĝ / apply ĝ
+    candidate: Literal["conservative", "aggressive", "probe"] = "conservative"  # best θ, θ∓ηĝ / θ−ηĝ / best θ±εz
     mix: float = 1.0  # λ: ZO step = λ · ZO lr (1 = FO and ZO updates both applied each step)
     zo_weight_decay: float = 0.0  # decoupled weight decay on accepted ZO moves (matrices only)
     penalties: bool = True  # ZO losses include the penalties of attached LwF / EWC / SI / MAS plugins
     log_every: int = 1  # publish ZO figures every this many iterations
+    probe_precision: Literal["fp32", "train"] = "fp32"  # ZO evaluations in fp32, or in train.precision (README)
 
     def __post_init__(self) -> None:
         choices = {"branch": BRANCHES, "vision_perturbation": VISION_PERTURBATIONS,
-                   "sign": ("scalar", "elementwise", "none"), "candidate": ("conservative", "aggressive")}
+                   "sign": ("scalar", "elementwise", "none"), "candidate": CANDIDATES,
+                   "probe_precision": PROBE_PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"MoZO {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
@@ -80,6 +87,8 @@ class MoZOConfig:
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
                 raise ValueError(f"MoZO {name}={value!r}: expected a number > 0")
+        if self.candidate == "probe" and not self.two_sided:
+            raise ValueError("MoZO candidate='probe' needs two_sided: true (its candidates are θ ± εz)")
         for name in ("queries", "log_every"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -107,19 +116,35 @@ class MoZOPlugin(SupervisedPlugin):
 
     ``MoZOPlugin(branch="dual", layers="hop-even", eps_vision=5e-4)`` or ``MoZOPlugin(cfg)``; ``seed``
     seeds the plugin's own generator (direction and model seeds of every step).
+
+    The step's forwards (§ "A cheaper step" in the README): the seeds are drawn at
+    ``before_training_iteration`` and the first-order forward runs under the step's model randomness
+    (:attr:`CLIPClassifier.tower_seeds`), so L(θ) (criterion plus replayed penalties of its logits),
+    the image features at θ and, for layer-wise configurations, the activations below each tower's
+    lowest ZO layer (:class:`~strategies.mozo.prefix.PrefixCache`) are taken from it instead of being
+    recomputed: 4 ZO forwards per conservative step instead of 5. This holds when that forward ran at
+    the probes' precision (``probe_precision``); otherwise every ZO evaluation is computed.
+    ``reuse_forward=False`` computes everything from scratch under the same seeds: the reference step
+    the equality test compares with (same update).
     """
 
-    def __init__(self, cfg: MoZOConfig | None = None, *, seed: int = 0, **options: Any) -> None:
+    def __init__(self, cfg: MoZOConfig | None = None, *, seed: int = 0, reuse_forward: bool = True,
+                 **options: Any) -> None:
         super().__init__()
         self.cfg = make_config(cfg, **options)
         self.generator = torch.Generator().manual_seed(seed)
+        self.reuse_forward = reuse_forward
         self.base_lr: float | None = None
         self.model: CLIPClassifier | None = None
         self.zo_keys: set[UnitKey] = set()
         self.fo_keys: set[UnitKey] = set()
         self.groups: list[ZOGroup] = []
         self.penalty_plugins: list[SupervisedPlugin] = []
+        self.prefix: PrefixCache | None = None
         self.last: ZOStepResult | None = None
+        self._seeds: tuple[int, int] | None = None  # (direction, model) seeds of the current iteration
+        self._from_forward = False  # the current iteration's FO forward ran seeded at the probes' precision
+        self._at_theta: tuple[torch.Tensor, torch.Tensor] | None = None  # (image, text) features of the FO forward
 
     # ---- set-up --------------------------------------------------------------------------------
     def attach(self, model: CLIPClassifier) -> None:
@@ -135,6 +160,7 @@ class MoZOPlugin(SupervisedPlugin):
         for group in self.groups:
             for p in group.params:
                 p.requires_grad_(False)  # ZO units live outside autograd: no activations stored for them
+        self.prefix = PrefixCache(model.clip, self.zo_keys)
         self.model = model
 
     def _make_groups(self, model: CLIPClassifier) -> list[ZOGroup]:
@@ -189,33 +215,47 @@ class MoZOPlugin(SupervisedPlugin):
         finally:
             strategy.mb_output, strategy.loss = saved
 
-    def closures(self, strategy: Any, model_seed: int) -> tuple[LossFn, list[LossFn]]:
+    def closures(self, strategy: Any, model_seed: int, at_theta: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 prefix: PrefixCache | None = None) -> tuple[LossFn, list[LossFn]]:
         """Minibatch loss at the current θ, and one closure per ZO group for per-tower probes.
 
         Each tower's randomness has its own seed (vision ``model_seed``, language ``model_seed + 1``),
-        so the image features of the first evaluation with the vision units at θ (detected by their
-        version counters) are exactly those any evaluation at θ computes: they are kept and reused
-        whenever the vision units are at θ (language-only ZO, language probes, L(θ)), so a per-tower
-        step costs the same forwards as a joint one.
+        so the image features with the vision units at θ (detected by their version counters) are
+        those any evaluation at θ computes: given (``at_theta`` = (image, text) features from the FO
+        forward) or computed by the first evaluation at θ, they are reused whenever the vision units
+        are at θ (language-only ZO, language probes), so a per-tower step costs the same forwards as a
+        joint one; the text features of ``at_theta`` likewise while the language units are at θ
+        (otherwise the model's text cache serves). ``prefix``: towers start from the activations
+        recorded below their lowest ZO layer.
         """
         model: CLIPClassifier = strategy.model
         x, y = strategy.mb_x, strategy.mb_y
         vision_params = [p for g in self.groups if g.name == "vision" for p in g.params]
-        at_theta = _version(vision_params)
-        kept: list[torch.Tensor] = []
+        language_params = [p for g in self.groups if g.name == "language" for p in g.params]
+        vision_version, language_version = _version(vision_params), _version(language_params)
+        kept: list[torch.Tensor] = [] if at_theta is None else [at_theta[0]]
 
-        def image_at_theta() -> torch.Tensor:
+        def encode() -> torch.Tensor:
+            if prefix is None:
+                return model.encode_image(x)
+            return run_with_prefix(prefix, "vision", lambda: model.encode_image(x))
+
+        def image_at_theta_fn() -> torch.Tensor:
             if not kept:
-                kept.append(seeded(lambda: model.encode_image(x), model_seed)())  # type: ignore[arg-type]
+                kept.append(run_seeded(encode, model_seed))
             return kept[0]
 
         def image() -> torch.Tensor:
-            if _version(vision_params) == at_theta:
-                return image_at_theta()
-            return seeded(lambda: model.encode_image(x), model_seed)()  # type: ignore[return-value]
+            if _version(vision_params) == vision_version:
+                return image_at_theta_fn()
+            return run_seeded(encode, model_seed)
 
         def text() -> torch.Tensor:
-            return seeded(model.text_features, model_seed + 1)()  # type: ignore[return-value]
+            if at_theta is not None and _version(language_params) == language_version:
+                return at_theta[1]
+            if prefix is None:
+                return run_seeded(model.text_features, model_seed + 1)
+            return run_seeded(lambda: run_with_prefix(prefix, "language", model.text_features), model_seed + 1)
 
         def loss_with(image_fn: Any) -> LossFn:
             def loss() -> torch.Tensor:
@@ -225,12 +265,22 @@ class MoZOPlugin(SupervisedPlugin):
             return loss
 
         full = loss_with(image)
-        return full, [full if g.name == "vision" else loss_with(image_at_theta) for g in self.groups]
+        return full, [full if g.name == "vision" else loss_with(image_at_theta_fn) for g in self.groups]
 
     def loss_closure(self, strategy: Any, model_seed: int = 0) -> LossFn:
         """The minibatch loss at the current θ under ``model_seed`` (tests, diagnostics)."""
         self._prepare(strategy)
         return self.closures(strategy, model_seed)[0]
+
+    # ---- precision -------------------------------------------------------------------------------
+    def probe_precision(self, model: CLIPClassifier) -> str:
+        """The compute precision of every ZO evaluation: fp32 (default) or the model's (``train``)."""
+        current = getattr(model, "precision", "fp32")
+        return current if self.cfg.probe_precision == "train" else "fp32"
+
+    def _probe_scope(self, model: CLIPClassifier) -> Any:
+        scope = getattr(model, "precision_scope", None)
+        return scope(self.probe_precision(model)) if scope is not None else contextlib.nullcontext()
 
     # ---- the ZO step ---------------------------------------------------------------------------
     def zo_lr(self, strategy: Any) -> float:
@@ -239,6 +289,40 @@ class MoZOPlugin(SupervisedPlugin):
         if self.cfg.zo_lr is None:
             return self.cfg.mix * current
         return self.cfg.mix * self.cfg.zo_lr * (current / self.base_lr if self.base_lr else 1.0)
+
+    def _draw_seeds(self) -> tuple[int, int]:
+        seed, model_seed = (int(v) for v in torch.randint(0, 2**31 - 2, (2,), generator=self.generator))
+        return seed, model_seed
+
+    def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        """Draw the step's seeds; run the FO forward under the step's model randomness (class doc)."""
+        self._prepare(strategy)
+        self._at_theta, self._from_forward = None, False
+        if not self.groups:
+            return
+        self._seeds = self._draw_seeds()
+        model: CLIPClassifier = strategy.model
+        if model.training:  # text features cached under other randomness: recompute under ours
+            model.invalidate_text_cache()
+        model.tower_seeds = (self._seeds[1], self._seeds[1] + 1)
+        self._from_forward = self.reuse_forward and getattr(model, "precision", "fp32") == self.probe_precision(model)
+        if self._from_forward and self.prefix:
+            self.prefix.record()
+
+    def after_forward(self, strategy: Any, **kwargs: Any) -> None:
+        model: CLIPClassifier = strategy.model
+        image, text = model.seeded_image_features, model.seeded_text_features
+        if self._from_forward and image is not None and text is not None:
+            self._at_theta = (image.detach(), text.detach())
+        self._end_seeded_forward(model)
+
+    def _end_seeded_forward(self, model: CLIPClassifier) -> None:
+        model.tower_seeds, model.seeded_image_features, model.seeded_text_features = None, None, None
+        if self.prefix is not None:
+            self.prefix.stop()
+
+    def before_eval(self, strategy: Any, **kwargs: Any) -> None:
+        self._end_seeded_forward(strategy.model)  # an interrupted iteration must not seed evaluation
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         loss = strategy.loss
@@ -249,16 +333,30 @@ class MoZOPlugin(SupervisedPlugin):
         self._prepare(strategy)
         if not self.groups:
             return
-        seed, model_seed = (int(v) for v in torch.randint(0, 2**31 - 2, (2,), generator=self.generator))
-        if strategy.model.training:  # text features cached under other randomness: recompute under ours
-            strategy.model.invalidate_text_cache()
-        full, per_group = self.closures(strategy, model_seed)
-        per_tower = self.cfg.vision_perturbation == "per_tower"
-        self.last = zo_step(
-            self.groups, full, seed, lr=self.zo_lr(strategy), q=self.cfg.queries, two_sided=self.cfg.two_sided,
-            sign_mode=self.cfg.sign, mode=self.cfg.candidate, rng_seed_for_model=model_seed,
-            probe="per_group" if per_tower else "joint", group_loss_fns=per_group if per_tower else None,
-        )
+        model: CLIPClassifier = strategy.model
+        if self._seeds is None:  # called without before_training_iteration (e.g. a hand-written loop)
+            self._seeds = self._draw_seeds()
+            if model.training:
+                model.invalidate_text_cache()
+        (seed, model_seed), self._seeds = self._seeds, None
+        features, from_forward = self._at_theta, self._from_forward and self._at_theta is not None
+        self._at_theta, self._from_forward = None, False
+        with self._probe_scope(model):
+            full, per_group = self.closures(strategy, model_seed, features if from_forward else None,
+                                            self.prefix if from_forward and self.prefix else None)
+            loss0 = None
+            if from_forward and self.cfg.candidate != "aggressive":
+                logits = strategy.mb_output.detach()
+                loss0 = float(run_seeded(lambda: self._loss(strategy, logits, strategy.mb_y), model_seed))
+            per_tower = self.cfg.vision_perturbation == "per_tower"
+            self.last = zo_step(
+                self.groups, full, seed, lr=self.zo_lr(strategy), q=self.cfg.queries,
+                two_sided=self.cfg.two_sided, sign_mode=self.cfg.sign, mode=self.cfg.candidate,
+                rng_seed_for_model=model_seed, probe="per_group" if per_tower else "joint",
+                group_loss_fns=per_group if per_tower else None, loss_at_theta=loss0,
+            )
+        if self.prefix is not None:
+            self.prefix.clear()
         if strategy.clock.train_iterations % self.cfg.log_every == 0:
             self._publish(strategy, self.last)
 
@@ -267,7 +365,7 @@ class MoZOPlugin(SupervisedPlugin):
         figures = {
             "MoZO/zo_loss": result.loss,
             "MoZO/projected_grad": sum(result.projected) / len(result.projected),
-            "MoZO/candidate": {"theta": 0, "minus": -1, "plus": 1, "aggressive": 2}[result.candidate],
+            "MoZO/candidate": {"theta": 0, "minus": -1, "plus": 1, "aggressive": 2, "probe": 3}[result.candidate],
             "MoZO/fo_loss": float(strategy.loss.detach()),
         }
         for name, value in figures.items():

@@ -45,11 +45,12 @@ class MoZO(SupervisedTemplate):
         queries: int = 1,
         two_sided: bool = True,
         sign: Literal["scalar", "elementwise", "none"] = "scalar",
-        candidate: Literal["conservative", "aggressive"] = "conservative",
+        candidate: Literal["conservative", "aggressive", "probe"] = "conservative",
         mix: float = 1.0,
         zo_weight_decay: float = 0.0,
         penalties: bool = True,
         log_every: int = 1,
+        probe_precision: Literal["fp32", "train"] = "fp32",
         seed: int = 0,
         plugins: list | None = None,
         **kwargs: Any,
@@ -57,7 +58,8 @@ class MoZO(SupervisedTemplate):
         cfg = MoZOConfig(branch=branch, layers=layers, one_based=one_based, eps_language=eps_language,
                          eps_vision=eps_vision, vision_perturbation=vision_perturbation, zo_lr=zo_lr,
                          queries=queries, two_sided=two_sided, sign=sign, candidate=candidate, mix=mix,
-                         zo_weight_decay=zo_weight_decay, penalties=penalties, log_every=log_every)
+                         zo_weight_decay=zo_weight_decay, penalties=penalties, log_every=log_every,
+                         probe_precision=probe_precision)
         self.mozo = MoZOPlugin(cfg, seed=seed)
         criterion = torch.nn.CrossEntropyLoss() if criterion is None else criterion
         super().__init__(model=model, optimizer=optimizer, criterion=criterion,

@@ -34,18 +34,20 @@ from typing import Literal
 
 import torch
 
+from ..rng import seeded
+
 logger = logging.getLogger(__name__)
 
 SignMode = Literal["scalar", "elementwise", "none"]
-StepMode = Literal["conservative", "aggressive"]
-Candidate = Literal["theta", "minus", "plus", "aggressive"]
+StepMode = Literal["conservative", "aggressive", "probe"]
+Candidate = Literal["theta", "minus", "plus", "aggressive", "probe"]
 LossFn = Callable[[], float | torch.Tensor]
 
 ProbeMode = Literal["joint", "per_group"]
 
 SIGN_MODES: tuple[str, ...] = ("scalar", "elementwise", "none")
 PROBE_MODES: tuple[str, ...] = ("joint", "per_group")
-STEP_MODES: tuple[str, ...] = ("conservative", "aggressive")
+STEP_MODES: tuple[str, ...] = ("conservative", "aggressive", "probe")
 
 
 @dataclass
@@ -81,6 +83,7 @@ class ZOEstimate:
     projected: list[float]  # raw projected gradient p_raw of each query (per-group probes: Σ_g p_g)
     loss: float  # L(θ); mean of the ± probes when two-sided with center_loss=False
     per_group: list[list[float]] | None = None  # [group][query] p_g of per-group probes; None = joint
+    probes: list[list[tuple[float, float]]] | None = None  # [target][query] (L(θ+), L(θ−)) of two-sided probes
 
     def projected_of(self, index: int) -> list[float]:
         """The projected gradients (one per query) that drive group ``index``'s update."""
@@ -169,30 +172,6 @@ def model_seed_for(seed: int) -> int:
 # --------------------------------------------------------------------------- loss closures
 
 
-def _cuda_devices_in_use() -> list[int]:
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-
-
-def seeded(loss_fn: LossFn, seed: int) -> LossFn:
-    """Wrap ``loss_fn`` so every call sees the same RNG state (dropout, noisy router gating).
-
-    The global CPU and CUDA RNGs are forked, seeded with ``seed`` and restored after the call, so all
-    probes of one estimate see identical model randomness and the caller's RNG stream is untouched.
-    """
-
-    def call() -> float | torch.Tensor:
-        devices = _cuda_devices_in_use()
-        with torch.random.fork_rng(devices=devices):
-            # not torch.manual_seed: with CUDA uninitialised it queues a lazy CUDA seeding that would
-            # outlive the fork (and costs ~1 ms recording a traceback)
-            torch.default_generator.manual_seed(seed)
-            for d in devices:
-                torch.cuda.default_generators[d].manual_seed(seed)
-            return loss_fn()
-
-    return call
-
-
 def _evaluate(loss_fn: LossFn) -> float:
     with torch.no_grad():
         return float(loss_fn())
@@ -222,6 +201,7 @@ def zo_estimate(
     rng_seed_for_model: int | None = None,
     probe: ProbeMode = "joint",
     group_loss_fns: Sequence[LossFn] | None = None,
+    loss_at_theta: float | None = None,
 ) -> ZOEstimate:
     """ZO estimate with per-group radii (MoZO §3, ZO estimator); one joint probe per query or one
     probe per group.
@@ -240,13 +220,18 @@ def zo_estimate(
     Every loss is called under ``no_grad`` through :func:`seeded` with ``rng_seed_for_model``
     (default :func:`model_seed_for` ``(seed)``, a stream unrelated to z). ``center_loss`` spends one
     extra forward (two-sided only) to report L(θ); otherwise ``loss`` is the mean of the ± probes,
-    L(θ) + O(ε²). Parameters are restored after every probe, also when a loss raises.
+    L(θ) + O(ε²). ``loss_at_theta``: L(θ) computed by the caller under the same model seed (MoZO takes
+    it from the first-order forward); it is then used instead of evaluating it (one forward fewer).
+    Parameters are restored after every probe, also when a loss raises.
     """
     if probe not in PROBE_MODES:
         raise ValueError(f"probe={probe!r}: expected one of {', '.join(PROBE_MODES)}")
     seeds = query_seeds(seed, q)
     fn = seeded(loss_fn, model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model)
-    loss0 = _evaluate(fn) if (center_loss or not two_sided) else None
+    if loss_at_theta is not None:
+        loss0: float | None = float(loss_at_theta)
+    else:
+        loss0 = _evaluate(fn) if (center_loss or not two_sided) else None
     if probe == "joint":
         fns: list[LossFn] = [fn]
         targets: list[int | None] = [None]
@@ -257,13 +242,15 @@ def zo_estimate(
         model_seed = model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model
         fns, targets = [seeded(f, model_seed) for f in raw], list(range(len(groups)))
     table: list[list[float]] = [[] for _ in targets]  # [target][query]
+    points: list[list[tuple[float, float]]] = [[] for _ in targets]
     probe_means: list[float] = []
     for s in seeds:
-        for row, f, only in zip(table, fns, targets, strict=True):
+        for row, pts, f, only in zip(table, points, fns, targets, strict=True):
             plus = _probe(groups, f, s, 1.0, only)
             if two_sided:
                 minus = _probe(groups, f, s, -1.0, only)
                 row.append((plus - minus) / 2.0)
+                pts.append((plus, minus))
                 probe_means.append((plus + minus) / 2.0)
             else:
                 if loss0 is None:  # one-sided estimates always evaluate L(θ) first
@@ -271,7 +258,8 @@ def zo_estimate(
                 row.append(plus - loss0)
     projected = [sum(col) for col in zip(*table, strict=True)]
     loss = loss0 if loss0 is not None else sum(probe_means) / len(probe_means)
-    return ZOEstimate(seeds=seeds, projected=projected, loss=loss, per_group=None if probe == "joint" else table)
+    return ZOEstimate(seeds=seeds, projected=projected, loss=loss, per_group=None if probe == "joint" else table,
+                      probes=points if two_sided else None)
 
 
 # --------------------------------------------------------------------------- updates
@@ -377,6 +365,7 @@ def zo_step(
     rng_seed_for_model: int | None = None,
     probe: ProbeMode = "joint",
     group_loss_fns: Sequence[LossFn] | None = None,
+    loss_at_theta: float | None = None,
 ) -> ZOStepResult:
     """One ZO update (MoZO §3). All evaluations share one model seed (``rng_seed_for_model``,
     default :func:`model_seed_for` ``(seed)``), so model randomness is identical across probes and
@@ -385,13 +374,20 @@ def zo_step(
     conservative (paper): evaluate θ − lr·d and θ + lr·d (d = sign-normalized ĝ) and keep the best of
     {θ, minus, plus} by minibatch loss, ties preferring θ then minus; the step never increases the
     minibatch loss (bit-for-bit when restores are exact, see module doc). aggressive: θ ← θ − lr·d.
-    Decoupled weight decay is applied only when a move is accepted.
+    probe (an option, not the paper's rule): the candidates are the probe points themselves, θ ± D z_i,
+    so no candidate forward is spent: the best of {θ, every probe point} by its probe loss is kept
+    (two-sided only; ``lr`` and ``sign_mode`` play no part). With per-group probes each group picks its
+    own point from its own probes, and the combined point is not evaluated (``loss_after`` is None).
+    ``loss_at_theta``: L(θ) from the caller (:func:`zo_estimate`). Decoupled weight decay is applied
+    only when a move is accepted (in probe mode, to the groups that moved).
     """
     _check_sign_mode(sign_mode)
     if mode not in STEP_MODES:
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(STEP_MODES)}")
     model_seed = model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model
     fn = seeded(loss_fn, model_seed)  # the same closure zo_estimate builds for its probes
+    if mode == "probe" and not two_sided:
+        raise ValueError("mode='probe' needs two-sided probes (its candidates are θ ± Dz)")
     conservative = mode == "conservative"
     est = zo_estimate(
         groups,
@@ -399,11 +395,14 @@ def zo_step(
         seed,
         q=q,
         two_sided=two_sided,
-        center_loss=conservative,
+        center_loss=mode != "aggressive",
         rng_seed_for_model=model_seed,
         probe=probe,
         group_loss_fns=group_loss_fns,
+        loss_at_theta=loss_at_theta,
     )
+    if mode == "probe":
+        return _probe_point_step(groups, est, lr)
     if not conservative:
         apply_update(groups, est, lr, sign_mode, -1.0)
         apply_weight_decay(groups, lr)
@@ -418,6 +417,28 @@ def zo_step(
         apply_weight_decay(groups, lr)
     logger.debug("zo_step losses %s -> %s", losses, best)
     return ZOStepResult(est.loss, est.projected, est.seeds, best, losses[best], est.per_group)
+
+
+def _probe_point_step(groups: Sequence[ZOGroup], est: ZOEstimate, lr: float) -> ZOStepResult:
+    """Move each target (all groups, or one group per row) to its best probe point (:func:`zo_step`)."""
+    assert est.probes is not None
+    rows = est.probes
+    moved: list[ZOGroup] = []
+    best_loss = est.loss
+    for target, row in enumerate(rows):
+        options = [(est.loss, 0, 0.0)] + [(v, i, sign) for i, (plus, minus) in enumerate(row)
+                                           for v, sign in ((plus, 1.0), (minus, -1.0))]
+        value, index, sign = min(options, key=lambda o: o[0])  # ties keep θ (first), then the earlier point
+        if sign == 0.0:
+            continue
+        only = None if len(rows) == 1 else target
+        perturb(groups, est.seeds[index], sign, only)
+        moved.extend(groups if only is None else [groups[only]])
+        best_loss = min(best_loss, value)
+    apply_weight_decay(moved, lr)
+    candidate: Candidate = "probe" if moved else "theta"
+    loss_after = best_loss if len(rows) == 1 or not moved else None
+    return ZOStepResult(est.loss, est.projected, est.seeds, candidate, loss_after, est.per_group)
 
 
 @contextlib.contextmanager
