@@ -363,6 +363,7 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
         check_units_config(run.model.units)
     except ValueError as error:
         raise ConfigError(f"{file}: {where}.model.{error}") from None
+    _check_precision(run, where, file)
     if not DEVICE_PATTERN.match(run.train.device):
         raise ConfigError(f"{file}: {where}.train.device = {short(run.train.device)}: allowed: auto, cpu, "
                           f"cuda, cuda:N, mps")
@@ -384,6 +385,26 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
             raise ConfigError(f"{file}: {where}.reference: {error}") from None
     if len(set(run.seeds)) != len(run.seeds):
         raise ConfigError(f"{file}: {where}.seeds = {short(run.seeds)}: seeds must be unique")
+
+
+def _check_precision(run: RunConfig, where: str, file: str) -> None:
+    """model.precision is the frozen backbone's storage dtype; a bf16/fp16 one needs autocast compute.
+
+    ``train.precision: auto`` depends on the device and is checked where the run starts
+    (``runs.runner.check_machine``).
+    """
+    from strategies.clip.precision import PRECISIONS, STORAGE_PRECISIONS, check_compatible
+
+    storage = run.model.precision
+    if storage not in STORAGE_PRECISIONS:
+        raise ConfigError(f"{file}: {where}.model.precision = {short(storage)}: allowed values: "
+                          f"{' | '.join(STORAGE_PRECISIONS)} (the frozen backbone's storage dtype); mixed "
+                          f"precision is train.precision: auto | {' | '.join(PRECISIONS)}")
+    if run.train.precision != "auto":
+        try:
+            check_compatible(storage, run.train.precision)
+        except ValueError as error:
+            raise ConfigError(f"{file}: {where}.train.precision = {short(run.train.precision)}: {error}") from None
 
 
 def _check_layers(run: RunConfig, cfg: Any, where: str, file: str) -> None:

@@ -40,13 +40,14 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from benchmarks import STREAMS, CLIPBenchmark, StreamContext
 from strategies.clip import build_clip, image_size
+from strategies.clip.precision import check_compatible
 from strategies.registry import METHODS
-from strategies.training import LabelSpacePlugin, RecipePlugin, make_criterion, resolve_device
+from strategies.training import GradScalerPlugin, LabelSpacePlugin, RecipePlugin, make_criterion, resolve_device
 
 from . import checkpoint
 from .config import ConfigError, RunConfig, SuiteConfig, to_plain
 from .console import ProgressPlugin
-from .fingerprint import fingerprint, fingerprinted, machine_facts, provenance
+from .fingerprint import fingerprint, fingerprinted, machine_facts, provenance, resolve_precision
 from .folders import FolderState, RunFolder, quarantine, read_json
 from .guards import FiniteGuard
 from .io import atomic_write_text, ensure_dir
@@ -133,6 +134,7 @@ class RunSession:
         run = self.run
         self.device = resolve_device(run.train.device)
         self.model, pre_train, pre_eval = build_clip(run.model, self.device)
+        self._configure_model()
         self.benchmark = build_benchmark(run, pre_train, pre_eval, image_size(self.model))
         self.model.set_class_prompts(self.benchmark.class_prompts)
         spec = METHODS[run.method.name]
@@ -165,9 +167,26 @@ class RunSession:
             device=self.device, criterion=make_criterion(run.train),
             benchmark=self.benchmark, seed=self.seed, task_aware=run.eval.task_aware,
         )
+        if self.precision == "fp16" and spec.trains:
+            # last: it scales the complete loss, after the method plugin the constructor appended
+            self.strategy.plugins.append(GradScalerPlugin(self.device))
         checkpoint.check_checkpointable(self.strategy.plugins)
         self.ctx = checkpoint.Context(self.strategy, self.benchmark.scenario.train_stream)
         self.trains = spec.trains
+
+    def _configure_model(self) -> None:
+        """train.precision (resolved for this device, the machine fact), grad checkpointing, compile."""
+        train = self.run.train
+        self.precision = resolve_precision(train, self.device)
+        try:
+            self.model.set_precision(self.precision)
+        except ValueError as error:
+            raise MachineError(f"{self.run_id}: {error} (train.precision={train.precision!r} resolves to "
+                               f"{self.precision} on {self.device.type})") from None
+        if train.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        if train.compile:
+            self.model.compile_towers()
 
     def evaluate(self) -> list[float]:
         results = self.strategy.eval(self.benchmark.scenario.test_stream)
@@ -450,8 +469,23 @@ def check_machine(run: RunConfig) -> list[str]:
         problems.append(f"train.device={name!r} but this machine has {torch.cuda.device_count()} CUDA devices")
     elif name == "mps" and not torch.backends.mps.is_available():
         problems.append("train.device='mps' but MPS is not available on this machine")
-    problems += _check_data(run) + _check_weights(run)
+    problems += _check_precision(run) + _check_data(run) + _check_weights(run)
     return problems
+
+
+def _check_precision(run: RunConfig) -> list[str]:
+    """A bf16/fp16 backbone (model.precision) needs train.precision to resolve to bf16/fp16 here
+    (``auto`` is fp32 off CUDA); explicit values were checked with the suite."""
+    try:
+        device = resolve_device(run.train.device)
+    except RuntimeError:
+        return []  # an unusable device name is reported above
+    resolved = resolve_precision(run.train, device)
+    try:
+        check_compatible(run.model.precision, resolved)
+    except ValueError as error:
+        return [f"train.precision={run.train.precision!r} resolves to {resolved} on {device.type}: {error}"]
+    return []
 
 
 def _check_data(run: RunConfig) -> list[str]:

@@ -7,6 +7,7 @@
 - :class:`RecipePlugin` restricts the optimizer to trainable parameters, resets its state per
   experience, applies warm-up + cosine learning-rate schedule per iteration, and stops an
   experience after ``iterations`` steps when the recipe counts iterations instead of epochs.
+- :class:`GradScalerPlugin`: fp16's loss scaling, with skipped steps on non-finite gradients.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class TrainConfig:
     augment: bool = False  # train with open_clip's training transform instead of the eval transform
     num_workers: int = 0  # DataLoader workers
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"  # compute; auto: bf16 on CUDA, else fp32
+    grad_checkpointing: bool = False  # recompute each tower block in backward (less activation memory, more time)
+    compile: bool = False  # torch.compile the vision tower and the text transformer (inductor)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -233,3 +237,68 @@ class RecipePlugin(SupervisedPlugin):
         self.step += 1
         if self.cfg.iterations is not None and self.step >= self.cfg.iterations:
             strategy.stop_training()
+
+
+class GradScalerPlugin(SupervisedPlugin):
+    """Loss scaling for fp16 training (``torch.amp.GradScaler``'s public API); **put it last**.
+
+    ``before_backward`` multiplies ``strategy.loss`` by the scale, and ``after_backward`` puts the
+    unscaled loss back, so loggers, guards and other plugins read the true loss; ``before_update``
+    unscales the gradients (``unscale_``) and, if any is non-finite, sets every gradient to ``None``
+    so that the optimizer skips its step (the scale is then halved by ``update``); ``after_update``
+    calls ``update`` and, after a skipped step, gives the parameters zero gradients back (plugins
+    such as Synaptic Intelligence read ``p.grad`` after the step).
+
+    It must scale the *complete* loss — after LwF / EWC / SI penalties and after every method
+    plugin's ``before_backward`` — and unscale after every plugin that reads the gradients in
+    ``before_update``, so it is the last plugin: the runner appends it to ``strategy.plugins`` after
+    the strategy is built (a strategy's constructor appends its method plugin after the caller's
+    plugins). Its state (the scale and growth tracker) goes into checkpoints.
+    """
+
+    def __init__(self, device: str | torch.device = "cuda", **options: Any) -> None:
+        super().__init__()
+        self.scaler = torch.amp.GradScaler(torch.device(device).type, **options)
+        self._unscaled: torch.Tensor | None = None
+        self._skipped: list[torch.Tensor] = []
+        self._unscaled_step = False  # unscale_ ran this iteration, so update() has an inf check to read
+        self.skipped_steps = 0  # steps skipped for non-finite gradients (since construction)
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        self._unscaled = strategy.loss
+        strategy.loss = self.scaler.scale(strategy.loss)
+
+    def after_backward(self, strategy: Any, **kwargs: Any) -> None:
+        if self._unscaled is not None:
+            strategy.loss, self._unscaled = self._unscaled, None
+
+    def before_update(self, strategy: Any, **kwargs: Any) -> None:
+        self._skipped = []
+        grads = [p.grad for group in strategy.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self._unscaled_step = bool(grads)  # no gradient at all (e.g. every unit zeroth-order): nothing to scale
+        if not grads:
+            return
+        self.scaler.unscale_(strategy.optimizer)
+        finite = bool(torch.stack([g.isfinite().all() for g in grads]).all())  # one host sync per step
+        if not finite:
+            for group in strategy.optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad = None
+                        self._skipped.append(p)
+            self.skipped_steps += 1
+
+    def after_update(self, strategy: Any, **kwargs: Any) -> None:
+        if self._unscaled_step:
+            self.scaler.update()  # halves the scale after an overflow, grows it after growth_interval good steps
+        self._unscaled_step = False
+        for p in self._skipped:
+            p.grad = torch.zeros_like(p)
+        self._skipped = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))

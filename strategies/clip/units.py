@@ -92,10 +92,11 @@ class MoEAdapter(nn.Module):
             noise_std = F.softplus(token0 @ self.w_noise) + 1e-2
             logits = logits + torch.randn_like(logits) * noise_std
         top_val, top_idx = logits.topk(self.top_k, dim=-1)  # (B, k)
-        return torch.zeros_like(logits).scatter(-1, top_idx, top_val.softmax(dim=-1))
+        # CUDA autocast runs softmax in float32 while the router logits are bf16/fp16: one dtype to scatter
+        return torch.zeros_like(logits).scatter(-1, top_idx, top_val.softmax(dim=-1).to(logits.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gates = self.gates(x)  # (B, E)
+        gates = self.gates(x).to(x.dtype)  # (B, E); the residual stream keeps its dtype under autocast
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             out = out + gates[:, e, None, None] * expert(x)  # (B, T, D)

@@ -35,6 +35,13 @@ the weights being trained; the other experiences use their routes as usual.
 
 Reconstructed task models are kept in a small LRU cache of parameter tensors, and their text
 features per label space, so an evaluation pass does not rebuild a model per minibatch.
+
+Precision. Fusion acts on the *trainable* tensors only, and those stay float32 whatever
+``train.precision`` (autocast casts them per op) and ``model.precision`` (only the frozen backbone
+is stored in bf16/fp16) are: θ⁰, θᵗ, the deltas, U, the sign election and the rescalers are float32
+(rescaler sums in float64, :mod:`.fusion`), and a decoupled model is written back into float32
+parameters. Features for prototypes and logits come from the classifier's own methods, so they are
+computed at its compute precision and returned as float32; prototypes are float32.
 """
 
 from __future__ import annotations
@@ -135,7 +142,7 @@ class ConDUPlugin(SupervisedPlugin):
         self.prototypes: list[torch.Tensor] = []  # per trained task, (C_t, D) on CPU
         self.task_of_experience: dict[int, int] = {}  # experience index -> task index
         self._models: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
-        self._text: dict[tuple[int, str, tuple[int, ...]], torch.Tensor] = {}
+        self._text: dict[tuple[int, str, str, tuple[int, ...]], torch.Tensor] = {}
         self.loaded: int | None = PRETRAINED  # model currently in the classifier; None: unknown (reload)
         self._in_train = False  # inside strategy.train() (its periodic evaluations included)
         self._training_exp: int | None = None  # experience being trained (None outside its training)
@@ -181,7 +188,7 @@ class ConDUPlugin(SupervisedPlugin):
             self._models.clear()
 
     def text_features(self, model: CLIPClassifier, task: int) -> torch.Tensor:
-        key = (task, getattr(model, "prompt_set", ""), tuple(model.active_classes))
+        key = (task, getattr(model, "precision", ""), getattr(model, "prompt_set", ""), tuple(model.active_classes))
         if key not in self._text:
             self.load(task)
             with torch.no_grad():
@@ -262,8 +269,8 @@ class ConDUPlugin(SupervisedPlugin):
             prompts = [p for c in classes for p in model.class_prompts[c]]
             owner = torch.repeat_interleave(torch.arange(len(classes)),
                                             torch.tensor([len(model.class_prompts[c]) for c in classes]))  # (P,)
-            feats = [F.normalize(model.clip.encode_text(model.tokenizer(prompts[i:i + _PROMPT_CHUNK])
-                                                        .to(model.device)).float(), dim=-1).cpu()
+            # the classifier's text forward: its compute precision, float32 features
+            feats = [F.normalize(model.encode_text(model.tokenizer(prompts[i:i + _PROMPT_CHUNK])), dim=-1).cpu()
                      for i in range(0, len(prompts), _PROMPT_CHUNK)]
         sums = torch.zeros(len(classes), feats[0].shape[1]).index_add_(0, owner, torch.cat(feats))  # (C, D)
         return sums / torch.bincount(owner, minlength=len(classes)).unsqueeze(1)
