@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("stream", help="stream name, e.g. split_tinyimagenet")
     check.add_argument("--data-root", default="data", help="folder holding the datasets (default: data)")
     bench = sub.add_parser("bench", help="speed/memory benchmarks (they print figures)")
-    bench.add_argument("what", choices=["mozo", "mozo-align", "condu", "condu-storage"], help="which benchmark")
+    bench.add_argument("what", choices=["mozo", "mozo-align", "zo-precision", "condu", "condu-storage"],
+                       help="which benchmark")
     bench.add_argument("--arch", default="clip-tiny", help="open_clip model name (weights are not needed)")
     bench.add_argument("--batch-size", type=int, default=8)
     bench.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--directions", type=int, default=50, help="mozo-align: directions per seed")
     bench.add_argument("--seeds", type=int, default=5, help="mozo-align: seeds (model, minibatch)")
     bench.add_argument("--ratios", default="1,0.5,0.1", help="mozo-align: eps_vision/eps_language values")
+    bench.add_argument("--repeats", type=int, default=1, help="mozo: runs per configuration (median reported)")
     return parser
 
 
@@ -211,6 +213,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         print(bench_align(args))
         return 0
+    if args.what == "zo-precision":
+        from .bench_zo_precision import bench_zo_precision
+
+        print(bench_zo_precision(arch=args.arch, units=args.units or "moe", batch_size=args.batch_size,
+                                 n_directions=args.directions, device=args.device))
+        return EXIT_OK
     if args.what == "condu":
         from .bench import bench_condu
 
@@ -226,7 +234,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_mozo
 
     print(bench_mozo(arch=args.arch, batch_size=args.batch_size, steps=args.steps, device=args.device,
-                     units=args.units or "moe"))
+                     units=args.units or "moe", repeats=args.repeats))
     return EXIT_OK
 
 

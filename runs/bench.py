@@ -13,7 +13,13 @@ model's input size, labels over 10 classes, prompts "a photo of a {name}.", mode
   first-order), backward if the loss needs it, the plugin's ``before_update`` (the ZO step), then the AdamW
   step of the first-order units if there are any;
 - ``MoZO``: the paper's configuration, i.e. the ``MoZOConfig`` defaults (dual branch, hop-even layers,
-  scalar sign, conservative candidate, ε_vision < ε_language).
+  scalar sign, conservative candidate, ε_vision < ε_language);
+- ``MoZO (from scratch)``: the same with ``reuse_forward=False``: L(θ), the features at θ and the blocks
+  below the lowest ZO layer are recomputed in the ZO step instead of taken from the FO forward (the
+  step before the cheaper one; same update).
+
+``repeats`` > 1 measures every configuration that many times, round-robin (so slow phases of a shared
+machine hit every configuration alike), and reports the run with the median time.
 
 Every configuration gets a fresh model (the plugin changes ``requires_grad``), 2 warm-up steps, then
 ``steps`` timed steps (``time.perf_counter``, with ``torch.cuda.synchronize()`` on CUDA).
@@ -65,12 +71,14 @@ from strategies.mozo.plugin import MoZOConfig, MoZOPlugin
 from strategies.training import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS: tuple[str, ...] = ("inference", "full FO", "Dual ZO", "Vision ZO", "Language ZO", "MoZO")
+CONFIGS: tuple[str, ...] = ("inference", "full FO", "Dual ZO", "Vision ZO", "Language ZO", "MoZO",
+                            "MoZO (from scratch)")
 ZO_CONFIGS: dict[str, MoZOConfig] = {
     "Dual ZO": MoZOConfig(branch="dual", layers="all"),
     "Vision ZO": MoZOConfig(branch="vision", layers="all"),
     "Language ZO": MoZOConfig(branch="language", layers="all"),
     "MoZO": MoZOConfig(),
+    "MoZO (from scratch)": MoZOConfig(),  # reuse_forward=False: L(θ), features and prefix recomputed
 }
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 LR = 1e-3  # MoE-Adapters4CL / MoZO FO recipe (AdamW 1e-3); the ZO step size defaults to it
@@ -109,6 +117,7 @@ class _Strategy:
         self.clock = _Clock()
         self.evaluator = _Evaluator()
         self.loss = torch.tensor(0.0)
+        self.mb_output: torch.Tensor | None = None
 
 
 def _make_step(config: str, model: CLIPClassifier, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[], None],
@@ -123,7 +132,8 @@ def _make_step(config: str, model: CLIPClassifier, x: torch.Tensor, y: torch.Ten
         return infer, 0, 0
     if config not in CONFIGS:
         raise ValueError(f"unknown configuration {config!r}; expected one of {', '.join(CONFIGS)}")
-    plugin = MoZOPlugin(replace(ZO_CONFIGS[config])) if config in ZO_CONFIGS else None
+    plugin = (MoZOPlugin(replace(ZO_CONFIGS[config]), reuse_forward=config != "MoZO (from scratch)")
+              if config in ZO_CONFIGS else None)
     if plugin is not None:
         plugin.attach(model)  # ZO units out of autograd before the FO optimizer is built
     fo = model.trainable_parameters()  # after the plugin took its units out of autograd
@@ -134,10 +144,16 @@ def _make_step(config: str, model: CLIPClassifier, x: torch.Tensor, y: torch.Ten
 
     def train() -> None:  # the MoZO strategy's iteration (Avalanche's template order)
         optimizer.zero_grad(set_to_none=True)
-        loss = strategy._criterion(model(x), y)
-        strategy.loss = loss
-        if loss.requires_grad:
-            loss.backward()
+        if plugin is not None:
+            plugin.before_training_iteration(strategy)
+        strategy.mb_output = model(x)
+        if plugin is not None:
+            plugin.after_forward(strategy)
+        strategy.loss = strategy._criterion(strategy.mb_output, y)
+        if plugin is not None:
+            plugin.before_backward(strategy)
+        if strategy.loss.requires_grad:
+            strategy.loss.backward()
         strategy.clock.train_iterations += 1
         if plugin is not None:
             plugin.before_update(strategy)
@@ -228,22 +244,24 @@ def _count(n: int) -> str:
 def format_mozo_table(results: Sequence[Measurement], header: str) -> str:
     """Markdown table of ``results``; ratios are relative to the ``inference`` row (or the first row)."""
     ref = next((r for r in results if r.config == "inference"), results[0])
+    fo = next((r for r in results if r.config == "full FO"), None)
     lines = [header, "",
              "| configuration | peak memory (MiB) | × inference | above model (MiB) | step time (ms) | × inference "
-             "| FO / ZO parameters |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| FO / ZO parameters | × full FO step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         mem_ratio = r.peak_bytes / ref.peak_bytes if ref.peak_bytes else math.nan
         time_ratio = r.ms_per_step / ref.ms_per_step if ref.ms_per_step else math.nan
+        fo_ratio = f"{r.ms_per_step / fo.ms_per_step:.2f}" if fo is not None and fo.ms_per_step else "–"
         lines.append(f"| {r.config} | {r.peak_bytes / MIB:.1f} | {mem_ratio:.2f} | "
                      f"{max(r.peak_bytes - r.base_bytes, 0) / MIB:.1f} | {r.ms_per_step:.1f} | {time_ratio:.2f} | "
-                     f"{_count(r.fo_params)} / {_count(r.zo_params)} |")
+                     f"{_count(r.fo_params)} / {_count(r.zo_params)} | {fo_ratio} |")
     return "\n".join(lines)
 
 
 def bench_mozo(*, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, device: str = "auto",
                units: str = "moe", configs: Sequence[str] = CONFIGS, isolate: bool | None = None,
-               warmup: int = WARMUP) -> str:
+               warmup: int = WARMUP, repeats: int = 1) -> str:
     """Peak memory and time per step of MoZO's configurations, as a Markdown table (module docstring).
 
     ``isolate``: run each configuration in a fresh subprocess; default (None) on CPU only, where peak RSS
@@ -257,7 +275,11 @@ def bench_mozo(*, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, 
     isolate = (not cuda) if isolate is None else isolate
     kw = {"arch": arch, "batch_size": batch_size, "steps": steps, "device": device, "units": units,
           "warmup": warmup}
-    results = [(_measure_in_subprocess if isolate else measure)(c, **kw) for c in configs]
+    runs: dict[str, list[Measurement]] = {c: [] for c in configs}
+    for _ in range(max(1, repeats)):  # round-robin: a slow phase of a shared machine hits every configuration
+        for c in configs:
+            runs[c].append((_measure_in_subprocess if isolate else measure)(c, **kw))
+    results = [sorted(runs[c], key=lambda m: m.ms_per_step)[len(runs[c]) // 2] for c in configs]
     if cuda:
         where = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
         how = ("torch.cuda.max_memory_allocated() per configuration (model weights included); "
@@ -270,7 +292,8 @@ def bench_mozo(*, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, 
         if not all(r.peak_reset for r in results):
             how += "; the RSS high-water mark could not be reset, so peaks include model construction"
     header = (f"MoZO benchmark: arch {arch}, units {units}, batch size {batch_size}, {warmup} warm-up + {steps} "
-              f"timed steps, device {where}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads. "
+              f"timed steps{f', median of {repeats} runs' if repeats > 1 else ''}, "
+              f"device {where}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads. "
               f"Memory: {how}.")
     return format_mozo_table(results, header)
 

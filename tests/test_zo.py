@@ -550,3 +550,33 @@ def test_aggressive_step_moves_by_minus_lr_times_the_direction(sign_mode):
         assert torch.allclose(theta, theta0 - 1e-2 * d, rtol=0, atol=1e-15)
         changes.append(float(loss()) - before)
     assert sum(changes) < 0 and sum(c < 0 for c in changes) >= 20  # a descent step, not an ascent
+
+
+# --------------------------------------------------------------------------- host synchronisation
+
+
+@pytest.mark.parametrize("mode", ["conservative", "aggressive"])
+def test_step_reads_nothing_back_before_its_last_evaluation(monkeypatch, mode):
+    """On a GPU every read of a device value (``float``, ``item``, ``bool``...) waits for the device; the
+    step reads its figures back only after its last loss evaluation and update are enqueued."""
+    w, c, loss, _ = linear_mse()
+    groups = [ZOGroup("a", [w], eps=1e-3), ZOGroup("b", [c], eps=5e-4, weight_decay=0.1)]
+    reads = []
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **kw):
+            reads.append(name)
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    reads_at_call = []
+
+    def watched() -> torch.Tensor:
+        reads_at_call.append(len(reads))
+        return loss()
+
+    res = zo_step(groups, watched, seed=3, lr=1e-2, mode=mode, sign_mode="scalar")
+    assert reads_at_call == [0] * len(reads_at_call) and len(reads_at_call) == (5 if mode == "conservative" else 2)
+    monkeypatch.undo()
+    assert res.candidate in ("theta", "minus", "plus", "aggressive") and math.isfinite(res.loss)

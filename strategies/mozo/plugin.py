@@ -186,6 +186,11 @@ class MoZOPlugin(SupervisedPlugin):
 
     def before_training(self, strategy: Any, **kwargs: Any) -> None:
         self._prepare(strategy)
+        storage = getattr(strategy.model, "storage_precision", "fp32")
+        if self.cfg.probe_precision == "fp32" and self.groups and storage != "fp32":
+            raise ValueError(f"MoZO probe_precision: fp32 needs model.precision: fp32 (the frozen backbone is "
+                             f"stored in {storage}, which only runs under autocast); set model.precision: fp32 "
+                             f"or method.probe_precision: train")
         self.penalty_plugins = []
         for plugin in getattr(strategy, "plugins", []):
             if plugin is self or isinstance(plugin, EvaluationPlugin):
@@ -347,7 +352,8 @@ class MoZOPlugin(SupervisedPlugin):
             loss0 = None
             if from_forward and self.cfg.candidate != "aggressive":
                 logits = strategy.mb_output.detach()
-                loss0 = float(run_seeded(lambda: self._loss(strategy, logits, strategy.mb_y), model_seed))
+                with torch.no_grad():  # stays on the device: zo_step reads its figures back once
+                    loss0 = run_seeded(lambda: self._loss(strategy, logits, strategy.mb_y), model_seed).detach()
             per_tower = self.cfg.vision_perturbation == "per_tower"
             self.last = zo_step(
                 self.groups, full, seed, lr=self.zo_lr(strategy), q=self.cfg.queries,

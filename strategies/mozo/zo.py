@@ -172,16 +172,27 @@ def model_seed_for(seed: int) -> int:
 # --------------------------------------------------------------------------- loss closures
 
 
-def _evaluate(loss_fn: LossFn) -> float:
+Scalar = float | torch.Tensor  # a loss value: a float, or a 0-d float64 tensor left on its device
+
+
+def _evaluate(loss_fn: LossFn) -> torch.Tensor:
+    """The loss as a 0-d float64 tensor on the loss's device: no host synchronisation (see zo_step)."""
     with torch.no_grad():
-        return float(loss_fn())
+        value = loss_fn()
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(()).double()
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def _host(value: Scalar) -> float:
+    return float(value)
 
 
 # --------------------------------------------------------------------------- estimator
 
 
 def _probe(groups: Sequence[ZOGroup], loss_fn: LossFn, seed: int, scale: float,
-           only: int | None = None) -> float:
+           only: int | None = None) -> torch.Tensor:
     """L(θ + scale·Dz) (only group ``only`` moved if given); θ restored in ``finally`` even on error."""
     perturb(groups, seed, scale, only)
     try:
@@ -201,7 +212,8 @@ def zo_estimate(
     rng_seed_for_model: int | None = None,
     probe: ProbeMode = "joint",
     group_loss_fns: Sequence[LossFn] | None = None,
-    loss_at_theta: float | None = None,
+    loss_at_theta: Scalar | None = None,
+    on_device: bool = False,
 ) -> ZOEstimate:
     """ZO estimate with per-group radii (MoZO §3, ZO estimator); one joint probe per query or one
     probe per group.
@@ -222,14 +234,17 @@ def zo_estimate(
     extra forward (two-sided only) to report L(θ); otherwise ``loss`` is the mean of the ± probes,
     L(θ) + O(ε²). ``loss_at_theta``: L(θ) computed by the caller under the same model seed (MoZO takes
     it from the first-order forward); it is then used instead of evaluating it (one forward fewer).
-    Parameters are restored after every probe, also when a loss raises.
+    ``on_device``: the numbers of the result stay 0-d float64 tensors on the loss's device (no host
+    synchronisation; :func:`zo_step` uses this), else they are floats. Parameters are restored after
+    every probe, also when a loss raises.
     """
     if probe not in PROBE_MODES:
         raise ValueError(f"probe={probe!r}: expected one of {', '.join(PROBE_MODES)}")
     seeds = query_seeds(seed, q)
     fn = seeded(loss_fn, model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model)
     if loss_at_theta is not None:
-        loss0: float | None = float(loss_at_theta)
+        loss0: Scalar | None = (loss_at_theta.detach().reshape(()).double()
+                                if isinstance(loss_at_theta, torch.Tensor) else float(loss_at_theta))
     else:
         loss0 = _evaluate(fn) if (center_loss or not two_sided) else None
     if probe == "joint":
@@ -241,9 +256,9 @@ def zo_estimate(
             raise ValueError(f"group_loss_fns: {len(raw)} closures for {len(groups)} groups")
         model_seed = model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model
         fns, targets = [seeded(f, model_seed) for f in raw], list(range(len(groups)))
-    table: list[list[float]] = [[] for _ in targets]  # [target][query]
-    points: list[list[tuple[float, float]]] = [[] for _ in targets]
-    probe_means: list[float] = []
+    table: list[list[Scalar]] = [[] for _ in targets]  # [target][query]
+    points: list[list[tuple[Scalar, Scalar]]] = [[] for _ in targets]
+    probe_means: list[Scalar] = []
     for s in seeds:
         for row, pts, f, only in zip(table, points, fns, targets, strict=True):
             plus = _probe(groups, f, s, 1.0, only)
@@ -256,16 +271,36 @@ def zo_estimate(
                 if loss0 is None:  # one-sided estimates always evaluate L(θ) first
                     raise RuntimeError("one-sided ZO estimate without the loss at θ")
                 row.append(plus - loss0)
-    projected = [sum(col) for col in zip(*table, strict=True)]
-    loss = loss0 if loss0 is not None else sum(probe_means) / len(probe_means)
-    return ZOEstimate(seeds=seeds, projected=projected, loss=loss, per_group=None if probe == "joint" else table,
-                      probes=points if two_sided else None)
+    projected = [_sum(col) for col in zip(*table, strict=True)]
+    loss = loss0 if loss0 is not None else _sum(probe_means) / len(probe_means)
+    est = ZOEstimate(seeds=seeds, projected=projected, loss=loss,  # type: ignore[arg-type]
+                     per_group=None if probe == "joint" else table,  # type: ignore[arg-type]
+                     probes=points if two_sided else None)  # type: ignore[arg-type]
+    return est if on_device else _on_host(est)
+
+
+def _sum(values: Sequence[Scalar]) -> Scalar:
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
+def _on_host(est: ZOEstimate) -> ZOEstimate:
+    """``est`` with every number a float (the first conversion waits for the device, the rest are copies)."""
+    return ZOEstimate(
+        seeds=est.seeds, projected=[_host(v) for v in est.projected], loss=_host(est.loss),
+        per_group=None if est.per_group is None else [[_host(v) for v in row] for row in est.per_group],
+        probes=None if est.probes is None else [[(_host(a), _host(b)) for a, b in row] for row in est.probes],
+    )
 
 
 # --------------------------------------------------------------------------- updates
 
 
-def _sign(x: float) -> float:
+def _sign(x: Scalar) -> Scalar:
+    if isinstance(x, torch.Tensor):
+        return torch.sign(x)
     return float((x > 0) - (x < 0))
 
 
@@ -316,7 +351,7 @@ def apply_update(
     estimate: ZOEstimate,
     lr: float,
     sign_mode: SignMode = "scalar",
-    scale: float = -1.0,
+    scale: Scalar = -1.0,
 ) -> None:
     """θ ← θ + scale·lr·direction by seed replay (scale = −1: descent; +1 undoes it, see module doc)."""
     _check_sign_mode(sign_mode)
@@ -326,8 +361,9 @@ def apply_update(
             p.add_(_direction(group, zs, estimate.projected_of(index[id(group)]), sign_mode).mul_(scale * lr))
 
 
-def apply_weight_decay(groups: Sequence[ZOGroup], lr: float) -> None:
-    """Decoupled decay θ ← θ − lr·wd_g·θ on params with ndim ≥ 2 (biases and norms are left alone)."""
+def apply_weight_decay(groups: Sequence[ZOGroup], lr: Scalar) -> None:
+    """Decoupled decay θ ← θ − lr·wd_g·θ on params with ndim ≥ 2 (biases and norms are left alone).
+    ``lr`` may be a 0-d tensor (0 where no move was accepted: :func:`zo_step` decides on the device)."""
     with torch.no_grad():
         for group in groups:
             if group.weight_decay > 0:
@@ -343,7 +379,7 @@ def _candidate_loss(
     lr: float,
     sign_mode: SignMode,
     scale: float,
-) -> float:
+) -> torch.Tensor:
     """L(θ + scale·lr·direction); θ is restored in ``finally`` even if ``loss_fn`` raises."""
     apply_update(groups, estimate, lr, sign_mode, scale)
     try:
@@ -365,7 +401,7 @@ def zo_step(
     rng_seed_for_model: int | None = None,
     probe: ProbeMode = "joint",
     group_loss_fns: Sequence[LossFn] | None = None,
-    loss_at_theta: float | None = None,
+    loss_at_theta: Scalar | None = None,
 ) -> ZOStepResult:
     """One ZO update (MoZO §3). All evaluations share one model seed (``rng_seed_for_model``,
     default :func:`model_seed_for` ``(seed)``), so model randomness is identical across probes and
@@ -380,6 +416,11 @@ def zo_step(
     own point from its own probes, and the combined point is not evaluated (``loss_after`` is None).
     ``loss_at_theta``: L(θ) from the caller (:func:`zo_estimate`). Decoupled weight decay is applied
     only when a move is accepted (in probe mode, to the groups that moved).
+
+    No host synchronisation until the step is enqueued: the losses stay on the device, the sign of
+    each projected gradient multiplies z as a 0-d tensor, and the conservative choice is a device-side
+    coefficient c ∈ {−1, 0, +1} (θ ← θ + c·lr·d, decay scaled by |c|); the figures of the result are
+    read once at the end (probe mode reads them before moving: the chosen seed picks the point).
     """
     _check_sign_mode(sign_mode)
     if mode not in STEP_MODES:
@@ -400,23 +441,31 @@ def zo_step(
         probe=probe,
         group_loss_fns=group_loss_fns,
         loss_at_theta=loss_at_theta,
+        on_device=True,
     )
     if mode == "probe":
-        return _probe_point_step(groups, est, lr)
+        return _probe_point_step(groups, _on_host(est), lr)
     if not conservative:
         apply_update(groups, est, lr, sign_mode, -1.0)
         apply_weight_decay(groups, lr)
-        return ZOStepResult(est.loss, est.projected, est.seeds, "aggressive", None, est.per_group)
-    # --- conservative: try both candidates (each restored), then re-apply the winner
-    losses: dict[Candidate, float] = {"theta": est.loss}
-    losses["minus"] = _candidate_loss(groups, est, fn, lr, sign_mode, -1.0)
-    losses["plus"] = _candidate_loss(groups, est, fn, lr, sign_mode, 1.0)
-    best: Candidate = min(losses, key=lambda k: losses[k])  # dict order breaks ties: theta, minus
-    if best != "theta":
-        apply_update(groups, est, lr, sign_mode, -1.0 if best == "minus" else 1.0)
-        apply_weight_decay(groups, lr)
-    logger.debug("zo_step losses %s -> %s", losses, best)
-    return ZOStepResult(est.loss, est.projected, est.seeds, best, losses[best], est.per_group)
+        host = _on_host(est)
+        return ZOStepResult(host.loss, host.projected, est.seeds, "aggressive", None, host.per_group)
+    # --- conservative: try both candidates (each restored), then apply the winner, all on the device
+    theta = torch.as_tensor(est.loss, dtype=torch.float64)
+    minus = _candidate_loss(groups, est, fn, lr, sign_mode, -1.0)
+    plus = _candidate_loss(groups, est, fn, lr, sign_mode, 1.0)
+    theta, minus, plus = (v.to(minus.device) for v in (theta, minus, plus))
+    take_minus = (minus < theta) & (minus <= plus)  # ties prefer θ, then minus
+    take_plus = (plus < theta) & ~take_minus
+    coef = take_plus.double() - take_minus.double()  # +1 plus, −1 minus, 0 θ
+    apply_update(groups, est, lr, sign_mode, coef)
+    apply_weight_decay(groups, lr * coef.abs())
+    loss_after = torch.where(take_minus, minus, torch.where(take_plus, plus, theta))
+    host = _on_host(est)  # the one read-back of the step
+    code = int(coef)
+    best: Candidate = "minus" if code < 0 else "plus" if code > 0 else "theta"
+    logger.debug("zo_step losses theta %s minus %s plus %s -> %s", host.loss, minus, plus, best)
+    return ZOStepResult(host.loss, host.projected, est.seeds, best, float(loss_after), host.per_group)
 
 
 def _probe_point_step(groups: Sequence[ZOGroup], est: ZOEstimate, lr: float) -> ZOStepResult:
