@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=5, help="mozo-align: seeds (model, minibatch)")
     bench.add_argument("--ratios", default="1,0.5,0.1", help="mozo-align: eps_vision/eps_language values")
     bench.add_argument("--repeats", type=int, default=1, help="mozo: runs per configuration (median reported)")
+    bench.add_argument("--settings", default=None,
+                       help="zo-precision: comma-separated probe settings (default: all; runs/bench_zo_precision.py)")
     return parser
 
 
@@ -217,7 +219,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .bench_zo_precision import bench_zo_precision
 
         print(bench_zo_precision(arch=args.arch, units=args.units or "moe", batch_size=args.batch_size,
-                                 n_directions=args.directions, device=args.device))
+                                 n_directions=args.directions, device=args.device,
+                                 **({"settings": args.settings.split(",")} if args.settings else {})))
         return EXIT_OK
     if args.what == "condu":
         from .bench import bench_condu

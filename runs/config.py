@@ -405,6 +405,10 @@ def _check_precision(run: RunConfig, where: str, file: str) -> None:
             check_compatible(storage, run.train.precision)
         except ValueError as error:
             raise ConfigError(f"{file}: {where}.train.precision = {short(run.train.precision)}: {error}") from None
+    if getattr(run.method.cfg, "probe_precision", None) == "fp32" and storage != "fp32":
+        raise ConfigError(f"{file}: {where}.method.probe_precision = 'fp32' needs model.precision = 'fp32' (got "
+                          f"{short(storage)}: a {storage} backbone runs only under autocast); allowed: "
+                          f"model.precision: fp32, or method.probe_precision: train")
 
 
 def _check_layers(run: RunConfig, cfg: Any, where: str, file: str) -> None:

@@ -100,3 +100,25 @@ def test_fp32_probes_refuse_a_low_precision_backbone(tiny_model_factory):
     plugin = MoZOPlugin(MoZOConfig())
     with pytest.raises(ValueError, match="probe_precision: fp32 needs model.precision: fp32"):
         plugin.before_training(_Batch(model, None, None))
+
+
+def test_fp32_probes_with_a_bf16_backbone_is_a_config_error(tmp_path):
+    from runs.config import ConfigError, load_suite
+
+    text = """name: p
+output_dir: outputs
+defaults:
+  model: {arch: clip-tiny, pretrained: none, units: {kind: moe, bottleneck: 8}, precision: bf16}
+  stream: {name: synthetic, n_classes: 4, n_experiences: 2, train_per_class: 8, test_per_class: 4}
+  train: {batch_size: 8, device: cpu, precision: bf16}
+  data_root: .
+runs:
+  - method: mozo
+"""
+    (tmp_path / "suite.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"suite.yaml: runs\[0\].method.probe_precision = 'fp32' needs "
+                                          r"model.precision = 'fp32' \(got 'bf16'"):
+        load_suite(tmp_path / "suite.yaml")
+    train_probes = text.replace("  - method: mozo", "  - method: {name: mozo, probe_precision: train}")
+    (tmp_path / "suite.yaml").write_text(train_probes)
+    assert load_suite(tmp_path / "suite.yaml").runs[0].method.cfg.probe_precision == "train"

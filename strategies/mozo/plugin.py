@@ -350,7 +350,7 @@ class MoZOPlugin(SupervisedPlugin):
             full, per_group = self.closures(strategy, model_seed, features if from_forward else None,
                                             self.prefix if from_forward and self.prefix else None)
             loss0 = None
-            if from_forward and self.cfg.candidate != "aggressive":
+            if from_forward:
                 logits = strategy.mb_output.detach()
                 with torch.no_grad():  # stays on the device: zo_step reads its figures back once
                     loss0 = run_seeded(lambda: self._loss(strategy, logits, strategy.mb_y), model_seed).detach()
