@@ -88,6 +88,13 @@ class ActiveClassCrossEntropy(torch.nn.Module):
     (label smoothing, Szegedy et al. 2016 §7; ConDU's code smooths over the dataset's own classes,
     condu.md "Per task"). With every column active it is ``F.cross_entropy`` unchanged; with ε = 0 it
     equals plain cross-entropy up to e^MASKED_LOGIT.
+
+    Computed without reading anything back to the host: a log-softmax over every column (the masked
+    ones contribute exactly 0 to the normaliser) and the smoothing term as a mask-weighted mean. A
+    target in a masked column raises on CPU tensors; on an accelerator that check would be a host
+    synchronisation per loss (MoZO evaluates the loss 4–6 times per step), so it is skipped there —
+    :class:`LabelSpacePlugin` builds every training label space from the experience's own classes,
+    so it cannot happen through it (a masked target would show as a loss near −MASKED_LOGIT).
     """
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
@@ -100,17 +107,24 @@ class ActiveClassCrossEntropy(torch.nn.Module):
         # (K,) columns scored in some row; a NaN column counts as active, so a diverged model yields a
         # non-finite loss (reported as divergence by runs.guards) instead of a label-space error
         active = ~(logits <= MASKED_LOGIT / 2).all(dim=0)
+        if logits.device.type == "cpu":  # free here; on an accelerator a host read per loss (class doc)
+            self._check_targets(active, targets)
+        # softmax over every column = softmax over A: exp(MASKED_LOGIT − max) is exactly 0 in float32
+        logp = F.log_softmax(logits, dim=1)  # (B, K)
+        nll = -logp.gather(1, targets[:, None]).squeeze(1)  # (B,)
+        if not self.label_smoothing:
+            return nll.mean()
+        smooth = -(logp * active).sum(dim=1) / active.sum()  # (B,) mean of −log p_k over k ∈ A
+        return ((1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth).mean()
+
+    @staticmethod
+    def _check_targets(active: torch.Tensor, targets: torch.Tensor) -> None:
         if bool(active.all()):
-            return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        columns = active.nonzero().squeeze(1)  # (A,)
-        local = torch.full_like(active, -1, dtype=torch.long)  # (K,) global id -> position in A
-        local[columns] = torch.arange(len(columns), device=logits.device)
-        mapped = local[targets]  # (B,)
-        if bool((mapped < 0).any()):
-            masked = sorted(set(targets[mapped < 0].tolist()))
+            return
+        masked = sorted({int(t) for t in targets[~active[targets]].tolist()})
+        if masked:
             raise ValueError(f"cross-entropy: targets {masked[:5]} are masked (inactive) classes; the label "
                              f"space must contain every training target (e.g. train.label_space: seen)")
-        return F.cross_entropy(logits[:, columns], mapped, label_smoothing=self.label_smoothing)
 
 
 def make_criterion(cfg: TrainConfig) -> ActiveClassCrossEntropy:
