@@ -188,8 +188,14 @@ class RunSession:
         if train.compile:
             self.model.compile_towers()
 
+    def loader_options(self) -> dict[str, Any]:
+        """DataLoader options of every train / eval call: ``train.num_workers`` workers, kept alive
+        across the epochs of an experience; Avalanche pins memory on CUDA by itself."""
+        workers = self.run.train.num_workers
+        return {"num_workers": workers, "persistent_workers": workers > 0}
+
     def evaluate(self) -> list[float]:
-        results = self.strategy.eval(self.benchmark.scenario.test_stream)
+        results = self.strategy.eval(self.benchmark.scenario.test_stream, **self.loader_options())
         row = accuracy_row(results, self.benchmark.n_experiences)
         if any(np.isnan(v) for v in row):
             raise RuntimeError(f"{self.run_id}: evaluation returned no accuracy for some test experiences")
@@ -314,7 +320,7 @@ class RunSession:
         for step in range(start, n):
             self.experience = step
             tic = time.time()
-            self.strategy.train(train_stream[step], eval_streams=[])
+            self.strategy.train(train_stream[step], eval_streams=[], **self.loader_options())
             rows.append(self.evaluate())
             self._log_step(step, rows, time.time() - tic)
             self._save_checkpoint(ckpt_path, zero_shot, rows, step + 1)
