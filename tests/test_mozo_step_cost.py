@@ -196,3 +196,13 @@ def test_mozo_bench_smoke_at_vit_b16_shapes_on_cuda():
                        configs=("inference", "full FO", "MoZO"))
     rows = [line for line in table.splitlines() if line.startswith("| MoZO")]
     assert rows and "nan" not in rows[0]
+
+
+def test_compiled_towers_are_not_replayed(tiny_model_factory):
+    from strategies.mozo.prefix import PrefixCache
+
+    model = _noisy_model(tiny_model_factory)
+    keys = {("vision", 1), ("language", 1)}
+    assert PrefixCache(model.clip, keys).lowest == {"vision": 1, "language": 1}
+    model.compile_towers(backend="eager")  # nn.Module.compile is lazy: nothing is compiled until a forward
+    assert PrefixCache(model.clip, keys).lowest == {}

@@ -9,7 +9,8 @@ tower's blocks ``0..k−1`` are swapped for a module that returns that activatio
 to the recorded state, so blocks ``k..`` draw exactly the dropout / router noise they would draw after
 running the prefix. The tower's stem (patch / token embedding) still runs: it is cheap and
 deterministic. A replay whose input does not have the recorded shape (other prompts, another batch)
-runs the real blocks.
+runs the real blocks. Towers compiled with ``torch.compile`` (``train.compile``) are left alone:
+swapping their blocks would make dynamo recompile them at every evaluation.
 
 Saved compute ≈ k / depth of a ZO evaluation of that tower: 1/12 for hop-even, 6/12 for suffix-6.
 """
@@ -64,12 +65,22 @@ class _ShapeMismatch(Exception):
     pass
 
 
+def _compiled_towers(clip: Any) -> set[str]:
+    """Towers run through ``torch.compile`` (``nn.Module.compile``; ``CLIPClassifier.compile_towers``)."""
+    text = clip.text if hasattr(clip, "text") else clip
+    modules = {"vision": [getattr(clip, "visual", None), getattr(getattr(clip, "visual", None), "transformer", None)],
+               "language": [getattr(text, "transformer", None)]}
+    return {b for b, ms in modules.items() if any(getattr(m, "_compiled_call_impl", None) is not None for m in ms)}
+
+
 class PrefixCache:
     """Record a tower's prefix activation in the FO forward; replay it in ZO evaluations (module doc)."""
 
     def __init__(self, clip: Any, zo_keys: Iterable[UnitKey]) -> None:
         self.blocks = tower_blocks(clip)
-        self.lowest = {b: k for b, k in lowest_zo_layers(zo_keys).items() if k >= 1 and b in self.blocks}
+        compiled = _compiled_towers(clip)  # swapping blocks of a compiled tower would recompile it every time
+        self.lowest = {b: k for b, k in lowest_zo_layers(zo_keys).items()
+                       if k >= 1 and b in self.blocks and b not in compiled}
         self.recorded: dict[str, tuple[torch.Tensor, Any]] = {}
         self._hooks: list[Any] = []
 
