@@ -18,6 +18,10 @@ model's input size, labels over 10 classes, prompts "a photo of a {name}.", mode
   below the lowest ZO layer are recomputed in the ZO step instead of taken from the FO forward (the
   step before the cheaper one; same update).
 
+``grad_checkpointing`` (CLI ``--grad-checkpointing``) adds, after every training configuration, the same
+configuration with per-block gradient checkpointing of both towers (``train.grad_checkpointing``; row
+``<configuration> + grad ckpt``): activations inside a block are recomputed in backward instead of kept.
+
 ``repeats`` > 1 measures every configuration that many times, round-robin (so slow phases of a shared
 machine hit every configuration alike), and reports the run with the median time.
 
@@ -97,6 +101,11 @@ class Measurement:
     fo_params: int  # parameters updated first-order
     zo_params: int  # parameters updated zeroth-order
     peak_reset: bool = True  # CPU: whether the RSS high-water mark was reset after model construction
+    grad_checkpointing: bool = False  # both towers' blocks recomputed in backward (train.grad_checkpointing)
+
+    @property
+    def label(self) -> str:
+        return f"{self.config} + grad ckpt" if self.grad_checkpointing else self.config
 
 
 class _Clock:
@@ -183,12 +192,13 @@ def _peak_rss_bytes() -> int:
 
 
 def measure(config: str, *, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, device: str = "cpu",
-            units: str = "moe", warmup: int = WARMUP, seed: int = 0) -> Measurement:
+            units: str = "moe", warmup: int = WARMUP, seed: int = 0, grad_checkpointing: bool = False) -> Measurement:
     """Build a fresh model and measure ``config`` in this process (see the module docstring)."""
     device = str(resolve_device(device))
     cuda = torch.device(device).type == "cuda"
     torch.manual_seed(seed)
     model, _, _ = build_clip(ModelConfig(arch=arch, pretrained="none", units=UnitsConfig(kind=units)), device)
+    model.set_grad_checkpointing(grad_checkpointing)
     model.train()
     model.set_class_prompts([[f"a photo of a {name}."] for name in CLASS_NAMES])
     size = image_size(model)
@@ -220,13 +230,14 @@ def measure(config: str, *, arch: str = "clip-tiny", batch_size: int = 8, steps:
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    return Measurement(config, int(peak), int(base), ms, fo, zo, reset)
+    return Measurement(config, int(peak), int(base), ms, fo, zo, reset, grad_checkpointing)
 
 
 def _measure_in_subprocess(config: str, **kw: Any) -> Measurement:
     cmd = [sys.executable, "-m", "runs.bench", "--worker", config]
     for key, value in kw.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        cmd += ([flag] if value else []) if isinstance(value, bool) else [flag, str(value)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -253,7 +264,7 @@ def format_mozo_table(results: Sequence[Measurement], header: str) -> str:
         mem_ratio = r.peak_bytes / ref.peak_bytes if ref.peak_bytes else math.nan
         time_ratio = r.ms_per_step / ref.ms_per_step if ref.ms_per_step else math.nan
         fo_ratio = f"{r.ms_per_step / fo.ms_per_step:.2f}" if fo is not None and fo.ms_per_step else "–"
-        lines.append(f"| {r.config} | {r.peak_bytes / MIB:.1f} | {mem_ratio:.2f} | "
+        lines.append(f"| {r.label} | {r.peak_bytes / MIB:.1f} | {mem_ratio:.2f} | "
                      f"{max(r.peak_bytes - r.base_bytes, 0) / MIB:.1f} | {r.ms_per_step:.1f} | {time_ratio:.2f} | "
                      f"{_count(r.fo_params)} / {_count(r.zo_params)} | {fo_ratio} |")
     return "\n".join(lines)
@@ -261,11 +272,13 @@ def format_mozo_table(results: Sequence[Measurement], header: str) -> str:
 
 def bench_mozo(*, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, device: str = "auto",
                units: str = "moe", configs: Sequence[str] = CONFIGS, isolate: bool | None = None,
-               warmup: int = WARMUP, repeats: int = 1) -> str:
+               warmup: int = WARMUP, repeats: int = 1, grad_checkpointing: bool = False) -> str:
     """Peak memory and time per step of MoZO's configurations, as a Markdown table (module docstring).
 
     ``isolate``: run each configuration in a fresh subprocess; default (None) on CPU only, where peak RSS
-    is per process. ``configs``: a subset of :data:`CONFIGS`.
+    is per process. ``configs``: a subset of :data:`CONFIGS`. ``grad_checkpointing``: every training
+    configuration is measured twice, without and with per-block gradient checkpointing of both towers
+    (rows ``... + grad ckpt``; inference has no backward and is measured once).
     """
     device = str(resolve_device(device))
     bad = [c for c in configs if c not in CONFIGS]
@@ -275,11 +288,13 @@ def bench_mozo(*, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, 
     isolate = (not cuda) if isolate is None else isolate
     kw = {"arch": arch, "batch_size": batch_size, "steps": steps, "device": device, "units": units,
           "warmup": warmup}
-    runs: dict[str, list[Measurement]] = {c: [] for c in configs}
+    variants = [(c, ckpt) for c in configs for ckpt in ((False, True) if grad_checkpointing and c != "inference"
+                                                          else (False,))]
+    runs: dict[tuple[str, bool], list[Measurement]] = {v: [] for v in variants}
     for _ in range(max(1, repeats)):  # round-robin: a slow phase of a shared machine hits every configuration
-        for c in configs:
-            runs[c].append((_measure_in_subprocess if isolate else measure)(c, **kw))
-    results = [sorted(runs[c], key=lambda m: m.ms_per_step)[len(runs[c]) // 2] for c in configs]
+        for c, ckpt in variants:
+            runs[(c, ckpt)].append((_measure_in_subprocess if isolate else measure)(c, **kw, grad_checkpointing=ckpt))
+    results = [sorted(runs[v], key=lambda m: m.ms_per_step)[len(runs[v]) // 2] for v in variants]
     if cuda:
         where = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
         how = ("torch.cuda.max_memory_allocated() per configuration (model weights included); "
@@ -395,9 +410,11 @@ def _worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--units", default="moe")
     parser.add_argument("--warmup", type=int, default=WARMUP)
+    parser.add_argument("--grad-checkpointing", action="store_true")
     args = parser.parse_args(argv)
     result = measure(args.worker, arch=args.arch, batch_size=args.batch_size, steps=args.steps,
-                     device=args.device, units=args.units, warmup=args.warmup)
+                     device=args.device, units=args.units, warmup=args.warmup,
+                     grad_checkpointing=args.grad_checkpointing)
     print(json.dumps(asdict(result)), flush=True)
     return 0
 

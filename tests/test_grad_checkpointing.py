@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from runs.bench import bench_mozo, measure
 from runs.config import load_suite
 from runs.runner import RunSession
 from strategies.clip import ModelConfig, UnitsConfig, build_clip
@@ -96,3 +97,20 @@ def test_train_grad_checkpointing_reaches_the_model(tmp_path):
         assert all(p.grad is not None for p in session.model.trainable_parameters())
     finally:
         session._close(exit_code=0, status="test")
+
+
+def test_bench_mozo_grad_checkpointing_rows_from_fresh_processes():
+    table = bench_mozo(arch="clip-tiny", steps=1, warmup=1, device="cpu", configs=("inference", "full FO"),
+                       grad_checkpointing=True)
+    assert "a fresh process per configuration" in table
+    labels = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
+    assert labels == ["inference", "full FO", "full FO + grad ckpt"]  # inference has no backward: once
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["full FO"].split("|")[7] == rows["full FO + grad ckpt"].split("|")[7]  # same FO / ZO split
+
+
+def test_bench_measure_switches_checkpointing_on():
+    plain = measure("full FO", steps=1, warmup=0)
+    checkpointed = measure("full FO", steps=1, warmup=0, grad_checkpointing=True)
+    assert not plain.grad_checkpointing and checkpointed.grad_checkpointing
+    assert checkpointed.label == "full FO + grad ckpt" and checkpointed.fo_params == plain.fo_params
