@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=1, help="mozo: runs per configuration (median reported)")
     bench.add_argument("--grad-checkpointing", action="store_true",
                        help="mozo: also measure every training configuration with gradient checkpointing")
+    bench.add_argument("--compile", action="store_true",
+                       help="mozo: also measure every configuration with both towers torch.compile'd")
     bench.add_argument("--settings", default=None,
                        help="zo-precision: comma-separated probe settings (default: all; runs/bench_zo_precision.py)")
     return parser
@@ -239,7 +241,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_mozo
 
     print(bench_mozo(arch=args.arch, batch_size=args.batch_size, steps=args.steps, device=args.device,
-                     units=args.units or "moe", repeats=args.repeats, grad_checkpointing=args.grad_checkpointing))
+                     units=args.units or "moe", repeats=args.repeats, grad_checkpointing=args.grad_checkpointing,
+                     compile=args.compile))
     return EXIT_OK
 
 

@@ -21,6 +21,10 @@ model's input size, labels over 10 classes, prompts "a photo of a {name}.", mode
 ``grad_checkpointing`` (CLI ``--grad-checkpointing``) adds, after every training configuration, the same
 configuration with per-block gradient checkpointing of both towers (``train.grad_checkpointing``; row
 ``<configuration> + grad ckpt``): activations inside a block are recomputed in backward instead of kept.
+``compile`` (``--compile``) adds every configuration with both towers compiled (``train.compile``,
+torch.compile's default inductor backend; row ``<configuration> + compile``); the warm-up steps absorb the
+compilation, and the first step's time is listed under the table (each compiled row compiles cold, with
+an inductor cache of its own).
 
 ``repeats`` > 1 measures every configuration that many times, round-robin (so slow phases of a shared
 machine hit every configuration alike), and reports the run with the median time.
@@ -59,6 +63,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -102,10 +107,13 @@ class Measurement:
     zo_params: int  # parameters updated zeroth-order
     peak_reset: bool = True  # CPU: whether the RSS high-water mark was reset after model construction
     grad_checkpointing: bool = False  # both towers' blocks recomputed in backward (train.grad_checkpointing)
+    compiled: bool = False  # towers compiled with torch.compile's defaults (train.compile)
+    first_step_ms: float = 0.0  # the first warm-up step: includes compilation when compiled
 
     @property
     def label(self) -> str:
-        return f"{self.config} + grad ckpt" if self.grad_checkpointing else self.config
+        return self.config + (" + grad ckpt" if self.grad_checkpointing else "") + (" + compile" if self.compiled
+                                                                                    else "")
 
 
 class _Clock:
@@ -192,13 +200,16 @@ def _peak_rss_bytes() -> int:
 
 
 def measure(config: str, *, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, device: str = "cpu",
-            units: str = "moe", warmup: int = WARMUP, seed: int = 0, grad_checkpointing: bool = False) -> Measurement:
+            units: str = "moe", warmup: int = WARMUP, seed: int = 0, grad_checkpointing: bool = False,
+            compile: bool = False) -> Measurement:
     """Build a fresh model and measure ``config`` in this process (see the module docstring)."""
     device = str(resolve_device(device))
     cuda = torch.device(device).type == "cuda"
     torch.manual_seed(seed)
     model, _, _ = build_clip(ModelConfig(arch=arch, pretrained="none", units=UnitsConfig(kind=units)), device)
     model.set_grad_checkpointing(grad_checkpointing)
+    if compile:
+        model.compile_towers()
     model.train()
     model.set_class_prompts([[f"a photo of a {name}."] for name in CLASS_NAMES])
     size = image_size(model)
@@ -215,10 +226,13 @@ def measure(config: str, *, arch: str = "clip-tiny", batch_size: int = 8, steps:
     else:
         reset = _reset_peak_rss()
         base = _rss_bytes()
-    for _ in range(warmup):
+    first_ms = 0.0
+    for i in range(warmup):
+        start = time.perf_counter()
         step()
-    if cuda:
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
+        first_ms = (time.perf_counter() - start) * 1000 if i == 0 else first_ms
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -230,7 +244,7 @@ def measure(config: str, *, arch: str = "clip-tiny", batch_size: int = 8, steps:
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    return Measurement(config, int(peak), int(base), ms, fo, zo, reset, grad_checkpointing)
+    return Measurement(config, int(peak), int(base), ms, fo, zo, reset, grad_checkpointing, compile, first_ms)
 
 
 def _measure_in_subprocess(config: str, **kw: Any) -> Measurement:
@@ -238,7 +252,10 @@ def _measure_in_subprocess(config: str, **kw: Any) -> Measurement:
     for key, value in kw.items():
         flag = f"--{key.replace('_', '-')}"
         cmd += ([flag] if value else []) if isinstance(value, bool) else [flag, str(value)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="clipcl-inductor-") as cache:
+        # a compiled row compiles cold: its own inductor cache, not kernels an earlier row left on disk
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache} if kw.get("compile") else None
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark worker for {config!r} failed (exit {proc.returncode}): "
@@ -267,18 +284,25 @@ def format_mozo_table(results: Sequence[Measurement], header: str) -> str:
         lines.append(f"| {r.label} | {r.peak_bytes / MIB:.1f} | {mem_ratio:.2f} | "
                      f"{max(r.peak_bytes - r.base_bytes, 0) / MIB:.1f} | {r.ms_per_step:.1f} | {time_ratio:.2f} | "
                      f"{_count(r.fo_params)} / {_count(r.zo_params)} | {fo_ratio} |")
+    compiled = [r for r in results if r.compiled]
+    if compiled:
+        lines += ["", "First step of the compiled rows (compilation included; timed steps exclude it): "
+                  + ", ".join(f"{r.label} {r.first_step_ms / 1000:.1f} s" for r in compiled) + "."]
     return "\n".join(lines)
 
 
 def bench_mozo(*, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, device: str = "auto",
                units: str = "moe", configs: Sequence[str] = CONFIGS, isolate: bool | None = None,
-               warmup: int = WARMUP, repeats: int = 1, grad_checkpointing: bool = False) -> str:
+               warmup: int = WARMUP, repeats: int = 1, grad_checkpointing: bool = False,
+               compile: bool = False) -> str:
     """Peak memory and time per step of MoZO's configurations, as a Markdown table (module docstring).
 
     ``isolate``: run each configuration in a fresh subprocess; default (None) on CPU only, where peak RSS
     is per process. ``configs``: a subset of :data:`CONFIGS`. ``grad_checkpointing``: every training
     configuration is measured twice, without and with per-block gradient checkpointing of both towers
-    (rows ``... + grad ckpt``; inference has no backward and is measured once).
+    (rows ``... + grad ckpt``; inference has no backward and is measured once). ``compile``: every
+    configuration is also measured with both towers compiled (rows ``... + compile``; the first
+    step, which compiles, is listed under the table).
     """
     device = str(resolve_device(device))
     bad = [c for c in configs if c not in CONFIGS]
@@ -288,12 +312,14 @@ def bench_mozo(*, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, 
     isolate = (not cuda) if isolate is None else isolate
     kw = {"arch": arch, "batch_size": batch_size, "steps": steps, "device": device, "units": units,
           "warmup": warmup}
-    variants = [(c, ckpt) for c in configs for ckpt in ((False, True) if grad_checkpointing and c != "inference"
-                                                          else (False,))]
-    runs: dict[tuple[str, bool], list[Measurement]] = {v: [] for v in variants}
+    ckpts = (False, True) if grad_checkpointing else (False,)
+    variants = [(c, ckpt, comp) for c in configs for ckpt in (ckpts if c != "inference" else (False,))
+                for comp in ((False, True) if compile else (False,))]
+    runs: dict[tuple[str, bool, bool], list[Measurement]] = {v: [] for v in variants}
     for _ in range(max(1, repeats)):  # round-robin: a slow phase of a shared machine hits every configuration
-        for c, ckpt in variants:
-            runs[(c, ckpt)].append((_measure_in_subprocess if isolate else measure)(c, **kw, grad_checkpointing=ckpt))
+        for c, ckpt, comp in variants:
+            runs[(c, ckpt, comp)].append((_measure_in_subprocess if isolate else measure)(
+                c, **kw, grad_checkpointing=ckpt, compile=comp))
     results = [sorted(runs[v], key=lambda m: m.ms_per_step)[len(runs[v]) // 2] for v in variants]
     if cuda:
         where = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
@@ -411,10 +437,11 @@ def _worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", default="moe")
     parser.add_argument("--warmup", type=int, default=WARMUP)
     parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args(argv)
     result = measure(args.worker, arch=args.arch, batch_size=args.batch_size, steps=args.steps,
                      device=args.device, units=args.units, warmup=args.warmup,
-                     grad_checkpointing=args.grad_checkpointing)
+                     grad_checkpointing=args.grad_checkpointing, compile=args.compile)
     print(json.dumps(asdict(result)), flush=True)
     return 0
 

@@ -79,3 +79,17 @@ def test_train_compile_reaches_the_model_and_a_compiled_run_trains(tmp_path, mon
     record = RunSession(suite, next(r for r in suite.runs if r.name == "lwf"), 0).execute()
     assert calls == [{}]  # compiled once, with torch.compile's defaults (inductor)
     assert all(0 <= v <= 1 for row in record["matrix"] for v in row)
+
+
+def test_bench_compile_rows_report_the_first_step(monkeypatch):
+    from runs.bench import format_mozo_table, measure
+
+    original = CLIPClassifier.compile_towers
+    monkeypatch.setattr(CLIPClassifier, "compile_towers", lambda self, **o: original(self, backend="aot_eager"))
+    plain = measure("full FO", steps=1, warmup=1)
+    compiled = measure("full FO", steps=1, warmup=1, compile=True)
+    assert compiled.compiled and not plain.compiled and compiled.label == "full FO + compile"
+    assert compiled.first_step_ms > 0 and compiled.fo_params == plain.fo_params
+    table = format_mozo_table([plain, compiled], "header")
+    assert "| full FO + compile |" in table and "First step of the compiled rows" in table
+    assert "full FO + compile " + f"{compiled.first_step_ms / 1000:.1f} s" in table
