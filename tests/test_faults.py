@@ -136,12 +136,15 @@ def test_sigterm_stops_with_one_line_closes_wandb_as_failed_and_the_run_resumes(
     """A real process, a real SIGTERM after the first experience: one line, exit 130, checkpoint kept."""
     path = write_suite(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "runs", "run", str(path), "--only", "naive",
-                             "--set", "stream.n_experiences=4"], env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    # 40 epochs per experience: the 3 experiences left after the first checkpoint take seconds, far
+    # longer than the poll (with 1 epoch the run could finish between two polls)
+    overrides = ["--set", "stream.n_experiences=4", "--set", "train.epochs=40"]
+    proc = subprocess.Popen([sys.executable, "-m", "runs", "run", str(path), "--only", "naive", *overrides],
+                            env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     ckpt = _folder(tmp_path) / "checkpoint.pt"
     deadline = time.time() + 240
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -154,7 +157,7 @@ def test_sigterm_stops_with_one_line_closes_wandb_as_failed_and_the_run_resumes(
     offline = next((_folder(tmp_path) / "wandb").glob("offline-run-*"))
     exits = [r.exit for r in _finished_records(offline) if r.WhichOneof("record_type") == "exit"]
     assert exits and exits[-1].exit_code == 1  # the W&B run is closed as failed
-    assert main(["run", str(path), "--only", "naive", "--set", "stream.n_experiences=4"]) == 0
+    assert main(["run", str(path), "--only", "naive", *overrides]) == 0
     assert (_folder(tmp_path) / "metrics.json").exists() and not ckpt.exists()
 
 

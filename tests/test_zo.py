@@ -565,8 +565,8 @@ def test_step_reads_nothing_back_before_its_last_evaluation(monkeypatch, mode):
     for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
         real = getattr(torch.Tensor, name)
 
-        def counted(self, *a, _real=real, **kw):
-            reads.append(name)
+        def counted(self, *a, _real=real, _name=name, **kw):
+            reads.append(_name)
             return _real(self, *a, **kw)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
