@@ -33,6 +33,7 @@ NOT_FINGERPRINTED: dict[str, str] = {
     "download": "whether missing data may be fetched; the data itself is the same",
     "model.cache_dir": "where open_clip caches weights; the weights are named by model.pretrained",
     "method.log_every": "how often per-step figures are logged",
+    "method.cache_directions": "z drawn once per MoZO step or replayed from its seed: the same values, bit for bit",
     "reference": "which published row the run is compared with; training does not read it",
 }
 # Suite-level fields are not part of a run's config and so are not fingerprinted either:

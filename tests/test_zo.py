@@ -580,3 +580,17 @@ def test_step_reads_nothing_back_before_its_last_evaluation(monkeypatch, mode):
     assert reads_at_call == [0] * len(reads_at_call) and len(reads_at_call) == (5 if mode == "conservative" else 2)
     monkeypatch.undo()
     assert res.candidate in ("theta", "minus", "plus", "aggressive") and math.isfinite(res.loss)
+
+
+@pytest.mark.parametrize("mode", ["conservative", "aggressive", "probe"])
+def test_cached_directions_give_the_same_step_bit_for_bit(mode):
+    """z drawn once per step (Directions) or replayed from the seed at every use: the same update."""
+    results = []
+    for cache in (True, False):
+        w, c, loss, _ = linear_mse()
+        groups = [ZOGroup("a", [w], eps=1e-3, weight_decay=0.1), ZOGroup("b", [c], eps=5e-4)]
+        res = zo_step(groups, loss, seed=9, lr=1e-2, q=2, mode=mode, cache_directions=cache)
+        results.append((res, w.clone(), c.clone()))
+    (r1, w1, c1), (r2, w2, c2) = results
+    assert torch.equal(w1, w2) and torch.equal(c1, c2)
+    assert (r1.loss, r1.projected, r1.candidate) == (r2.loss, r2.projected, r2.candidate)

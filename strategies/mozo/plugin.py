@@ -74,6 +74,7 @@ class MoZOConfig:
     penalties: bool = True  # ZO losses include the penalties of attached LwF / EWC / SI / MAS plugins
     log_every: int = 1  # publish ZO figures every this many iterations
     probe_precision: Literal["fp32", "train"] = "fp32"  # ZO evaluations in fp32, or in train.precision (README)
+    cache_directions: bool = True  # draw z once per step (q × ZO-parameter memory) instead of per use
 
     def __post_init__(self) -> None:
         choices = {"branch": BRANCHES, "vision_perturbation": VISION_PERTURBATIONS,
@@ -360,6 +361,7 @@ class MoZOPlugin(SupervisedPlugin):
                 two_sided=self.cfg.two_sided, sign_mode=self.cfg.sign, mode=self.cfg.candidate,
                 rng_seed_for_model=model_seed, probe="per_group" if per_tower else "joint",
                 group_loss_fns=per_group if per_tower else None, loss_at_theta=loss0,
+                cache_directions=self.cfg.cache_directions,
             )
         if self.prefix is not None:
             self.prefix.clear()

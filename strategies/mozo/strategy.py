@@ -51,6 +51,7 @@ class MoZO(SupervisedTemplate):
         penalties: bool = True,
         log_every: int = 1,
         probe_precision: Literal["fp32", "train"] = "fp32",
+        cache_directions: bool = True,
         seed: int = 0,
         plugins: list | None = None,
         **kwargs: Any,
@@ -59,7 +60,7 @@ class MoZO(SupervisedTemplate):
                          eps_vision=eps_vision, vision_perturbation=vision_perturbation, zo_lr=zo_lr,
                          queries=queries, two_sided=two_sided, sign=sign, candidate=candidate, mix=mix,
                          zo_weight_decay=zo_weight_decay, penalties=penalties, log_every=log_every,
-                         probe_precision=probe_precision)
+                         probe_precision=probe_precision, cache_directions=cache_directions)
         self.mozo = MoZOPlugin(cfg, seed=seed)
         criterion = torch.nn.CrossEntropyLoss() if criterion is None else criterion
         super().__init__(model=model, optimizer=optimizer, criterion=criterion,

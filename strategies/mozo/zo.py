@@ -141,20 +141,50 @@ def directions(groups: Sequence[ZOGroup], seed: int) -> list[torch.Tensor]:
     return [zs[0] for _, _, zs in iter_directions(groups, [seed])]
 
 
-def perturb(groups: Sequence[ZOGroup], seed: int, scale: float, only: int | None = None) -> None:
+class Directions:
+    """z_i of each query seed (the values :func:`iter_directions` draws), drawn once and kept for a
+    step: ``q × |θ_ZO|`` floats of memory instead of redrawing z for every probe, restore, candidate
+    and update (9 draws per conservative step). MoZO's units are small (a few million parameters for
+    ViT-B/16), so this is cheap; :func:`zo_step` takes ``cache_directions=False`` for MeZO-sized ZO
+    parameters, where seed replay's zero memory matters more."""
+
+    def __init__(self, groups: Sequence[ZOGroup], seeds: Sequence[int]) -> None:
+        self.seeds = list(seeds)
+        index = {id(g): k for k, g in enumerate(groups)}
+        self.z: list[list[list[torch.Tensor]]] = [[[] for _ in self.seeds] for _ in groups]  # [group][query]
+        for group, _, zs in iter_directions(groups, self.seeds):
+            for i, z in enumerate(zs):
+                self.z[index[id(group)]][i].append(z)
+
+    def of(self, group: int, seed: int) -> list[torch.Tensor]:
+        """z of group ``group`` for query seed ``seed`` (never modified by its users)."""
+        return self.z[group][self.seeds.index(seed)]
+
+
+def _as_scalar(value: Scalar, like: torch.Tensor) -> Scalar:
+    """A float, or a 0-d tensor on ``like``'s device and dtype (a foreach multiplier; no host read)."""
+    return value.to(device=like.device, dtype=like.dtype) if isinstance(value, torch.Tensor) else value
+
+
+def perturb(groups: Sequence[ZOGroup], seed: int, scale: float, only: int | None = None,
+            dirs: Directions | None = None) -> None:
     """θ_g ← θ_g + scale·ε_g·z_g for every group g, in place (MoZO §3, probe θ ± Dz, D = diag(ε_g)).
 
     ``only``: move group ``groups[only]`` alone (per-group probes); z is still drawn over all groups
-    so that z_g is the same block of the joint stream that the update replays."""
+    so that z_g is the same block of the joint stream that the update replays. ``dirs``: z drawn once
+    for the step (:class:`Directions`), else drawn here. The displacement d = z·(scale·ε_g) is
+    materialised and added, the exact negation of the ``-scale`` call (module doc)."""
+    dirs = dirs if dirs is not None else Directions(groups, [seed])
     with torch.no_grad():
-        for group, p, (z,) in iter_directions(groups, [seed]):
-            if only is None or group is groups[only]:
-                p.add_(z.mul_(scale * group.eps))  # d = z·(scale·ε_g), exact negation of the -scale call
+        for k, group in enumerate(groups):
+            if (only is None or k == only) and group.params:
+                torch._foreach_add_(group.params, torch._foreach_mul(dirs.of(k, seed), scale * group.eps))
 
 
-def restore(groups: Sequence[ZOGroup], seed: int, scale: float, only: int | None = None) -> None:
+def restore(groups: Sequence[ZOGroup], seed: int, scale: float, only: int | None = None,
+            dirs: Directions | None = None) -> None:
     """Undo ``perturb(groups, seed, scale, only)``: ``perturb(groups, seed, -scale, only)`` (module doc)."""
-    perturb(groups, seed, -scale, only)
+    perturb(groups, seed, -scale, only, dirs)
 
 
 def model_seed_for(seed: int) -> int:
@@ -192,13 +222,13 @@ def _host(value: Scalar) -> float:
 
 
 def _probe(groups: Sequence[ZOGroup], loss_fn: LossFn, seed: int, scale: float,
-           only: int | None = None) -> torch.Tensor:
+           only: int | None = None, dirs: Directions | None = None) -> torch.Tensor:
     """L(θ + scale·Dz) (only group ``only`` moved if given); θ restored in ``finally`` even on error."""
-    perturb(groups, seed, scale, only)
+    perturb(groups, seed, scale, only, dirs)
     try:
         return _evaluate(loss_fn)
     finally:
-        restore(groups, seed, scale, only)
+        restore(groups, seed, scale, only, dirs)
 
 
 def zo_estimate(
@@ -214,6 +244,8 @@ def zo_estimate(
     group_loss_fns: Sequence[LossFn] | None = None,
     loss_at_theta: Scalar | None = None,
     on_device: bool = False,
+    dirs: Directions | None = None,
+    cache_directions: bool = True,
 ) -> ZOEstimate:
     """ZO estimate with per-group radii (MoZO §3, ZO estimator); one joint probe per query or one
     probe per group.
@@ -235,12 +267,16 @@ def zo_estimate(
     L(θ) + O(ε²). ``loss_at_theta``: L(θ) computed by the caller under the same model seed (MoZO takes
     it from the first-order forward); it is then used instead of evaluating it (one forward fewer).
     ``on_device``: the numbers of the result stay 0-d float64 tensors on the loss's device (no host
-    synchronisation; :func:`zo_step` uses this), else they are floats. Parameters are restored after
-    every probe, also when a loss raises.
+    synchronisation; :func:`zo_step` uses this), else they are floats. ``dirs`` / ``cache_directions``:
+    z drawn once for all probes (:class:`Directions`; given, or drawn here unless ``cache_directions``
+    is False, then redrawn per perturbation). Parameters are restored after every probe, also when a
+    loss raises.
     """
     if probe not in PROBE_MODES:
         raise ValueError(f"probe={probe!r}: expected one of {', '.join(PROBE_MODES)}")
     seeds = query_seeds(seed, q)
+    if dirs is None and cache_directions:
+        dirs = Directions(groups, seeds)
     fn = seeded(loss_fn, model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model)
     if loss_at_theta is not None:
         loss0: Scalar | None = (loss_at_theta.detach().reshape(()).double()
@@ -261,9 +297,9 @@ def zo_estimate(
     probe_means: list[Scalar] = []
     for s in seeds:
         for row, pts, f, only in zip(table, points, fns, targets, strict=True):
-            plus = _probe(groups, f, s, 1.0, only)
+            plus = _probe(groups, f, s, 1.0, only, dirs)
             if two_sided:
-                minus = _probe(groups, f, s, -1.0, only)
+                minus = _probe(groups, f, s, -1.0, only, dirs)
                 row.append((plus - minus) / 2.0)
                 pts.append((plus, minus))
                 probe_means.append((plus + minus) / 2.0)
@@ -346,19 +382,50 @@ def gradient_estimate(
     ]
 
 
+def _group_direction(
+    group: ZOGroup, zs: list[list[torch.Tensor]], projected: Sequence[Scalar], sign_mode: str
+) -> list[torch.Tensor]:
+    """:func:`_direction` for all of a group's parameters at once (foreach ops; ``zs[i]`` = z of query i,
+    left unmodified), the same products in the same order, so the same bits."""
+    acc: list[torch.Tensor] | None = None
+    for z, p_raw in zip(zs, projected, strict=True):
+        if sign_mode == "scalar":
+            term = torch._foreach_mul(z, _as_scalar(_sign(p_raw), z[0]))
+        elif sign_mode == "elementwise":
+            term = torch._foreach_mul(torch._foreach_sign(z), _as_scalar(_sign(p_raw), z[0]))
+        else:
+            term = torch._foreach_mul(z, _as_scalar(p_raw / group.eps, z[0]))
+        if acc is None:
+            acc = list(term)
+        else:
+            torch._foreach_add_(acc, term)
+    assert acc is not None
+    if len(zs) > 1:
+        torch._foreach_div_(acc, len(zs))
+    if group.step_scale != 1.0:
+        torch._foreach_mul_(acc, group.step_scale)
+    return acc
+
+
 def apply_update(
     groups: Sequence[ZOGroup],
     estimate: ZOEstimate,
     lr: float,
     sign_mode: SignMode = "scalar",
     scale: Scalar = -1.0,
+    dirs: Directions | None = None,
 ) -> None:
-    """θ ← θ + scale·lr·direction by seed replay (scale = −1: descent; +1 undoes it, see module doc)."""
+    """θ ← θ + scale·lr·direction, z from ``dirs`` or by seed replay (scale = −1: descent; +1 undoes it,
+    see module doc). ``scale`` may be a 0-d tensor (:func:`zo_step`'s device-side choice)."""
     _check_sign_mode(sign_mode)
-    index = {id(g): k for k, g in enumerate(groups)}
+    dirs = dirs if dirs is not None else Directions(groups, estimate.seeds)
     with torch.no_grad():
-        for group, p, zs in iter_directions(groups, estimate.seeds):
-            p.add_(_direction(group, zs, estimate.projected_of(index[id(group)]), sign_mode).mul_(scale * lr))
+        for k, group in enumerate(groups):
+            if not group.params:
+                continue
+            d = _group_direction(group, [dirs.of(k, s) for s in estimate.seeds], estimate.projected_of(k), sign_mode)
+            torch._foreach_mul_(d, _as_scalar(scale * lr, d[0]))
+            torch._foreach_add_(group.params, d)
 
 
 def apply_weight_decay(groups: Sequence[ZOGroup], lr: Scalar) -> None:
@@ -366,10 +433,9 @@ def apply_weight_decay(groups: Sequence[ZOGroup], lr: Scalar) -> None:
     ``lr`` may be a 0-d tensor (0 where no move was accepted: :func:`zo_step` decides on the device)."""
     with torch.no_grad():
         for group in groups:
-            if group.weight_decay > 0:
-                for p in group.params:
-                    if p.ndim >= 2:
-                        p.mul_(1.0 - lr * group.weight_decay)
+            matrices = [p for p in group.params if p.ndim >= 2]
+            if group.weight_decay > 0 and matrices:
+                torch._foreach_mul_(matrices, _as_scalar(1.0 - lr * group.weight_decay, matrices[0]))
 
 
 def _candidate_loss(
@@ -379,13 +445,14 @@ def _candidate_loss(
     lr: float,
     sign_mode: SignMode,
     scale: float,
+    dirs: Directions | None = None,
 ) -> torch.Tensor:
     """L(θ + scale·lr·direction); θ is restored in ``finally`` even if ``loss_fn`` raises."""
-    apply_update(groups, estimate, lr, sign_mode, scale)
+    apply_update(groups, estimate, lr, sign_mode, scale, dirs)
     try:
         return _evaluate(loss_fn)
     finally:
-        apply_update(groups, estimate, lr, sign_mode, -scale)
+        apply_update(groups, estimate, lr, sign_mode, -scale, dirs)
 
 
 def zo_step(
@@ -402,6 +469,7 @@ def zo_step(
     probe: ProbeMode = "joint",
     group_loss_fns: Sequence[LossFn] | None = None,
     loss_at_theta: Scalar | None = None,
+    cache_directions: bool = True,
 ) -> ZOStepResult:
     """One ZO update (MoZO §3). All evaluations share one model seed (``rng_seed_for_model``,
     default :func:`model_seed_for` ``(seed)``), so model randomness is identical across probes and
@@ -421,6 +489,8 @@ def zo_step(
     each projected gradient multiplies z as a 0-d tensor, and the conservative choice is a device-side
     coefficient c ∈ {−1, 0, +1} (θ ← θ + c·lr·d, decay scaled by |c|); the figures of the result are
     read once at the end (probe mode reads them before moving: the chosen seed picks the point).
+    ``cache_directions``: z is drawn once for the step (:class:`Directions`), else replayed from the
+    seed at every use (same values, no memory).
     """
     _check_sign_mode(sign_mode)
     if mode not in STEP_MODES:
@@ -430,6 +500,7 @@ def zo_step(
     if mode == "probe" and not two_sided:
         raise ValueError("mode='probe' needs two-sided probes (its candidates are θ ± Dz)")
     conservative = mode == "conservative"
+    dirs = Directions(groups, query_seeds(seed, q)) if cache_directions else None
     est = zo_estimate(
         groups,
         loss_fn,
@@ -442,23 +513,24 @@ def zo_step(
         group_loss_fns=group_loss_fns,
         loss_at_theta=loss_at_theta,
         on_device=True,
+        dirs=dirs,
     )
     if mode == "probe":
-        return _probe_point_step(groups, _on_host(est), lr)
+        return _probe_point_step(groups, _on_host(est), lr, dirs)
     if not conservative:
-        apply_update(groups, est, lr, sign_mode, -1.0)
+        apply_update(groups, est, lr, sign_mode, -1.0, dirs)
         apply_weight_decay(groups, lr)
         host = _on_host(est)
         return ZOStepResult(host.loss, host.projected, est.seeds, "aggressive", None, host.per_group)
     # --- conservative: try both candidates (each restored), then apply the winner, all on the device
     theta = torch.as_tensor(est.loss, dtype=torch.float64)
-    minus = _candidate_loss(groups, est, fn, lr, sign_mode, -1.0)
-    plus = _candidate_loss(groups, est, fn, lr, sign_mode, 1.0)
+    minus = _candidate_loss(groups, est, fn, lr, sign_mode, -1.0, dirs)
+    plus = _candidate_loss(groups, est, fn, lr, sign_mode, 1.0, dirs)
     theta, minus, plus = (v.to(minus.device) for v in (theta, minus, plus))
     take_minus = (minus < theta) & (minus <= plus)  # ties prefer θ, then minus
     take_plus = (plus < theta) & ~take_minus
     coef = take_plus.double() - take_minus.double()  # +1 plus, −1 minus, 0 θ
-    apply_update(groups, est, lr, sign_mode, coef)
+    apply_update(groups, est, lr, sign_mode, coef, dirs)
     apply_weight_decay(groups, lr * coef.abs())
     loss_after = torch.where(take_minus, minus, torch.where(take_plus, plus, theta))
     host = _on_host(est)  # the one read-back of the step
@@ -468,7 +540,8 @@ def zo_step(
     return ZOStepResult(host.loss, host.projected, est.seeds, best, float(loss_after), host.per_group)
 
 
-def _probe_point_step(groups: Sequence[ZOGroup], est: ZOEstimate, lr: float) -> ZOStepResult:
+def _probe_point_step(groups: Sequence[ZOGroup], est: ZOEstimate, lr: float,
+                      dirs: Directions | None = None) -> ZOStepResult:
     """Move each target (all groups, or one group per row) to its best probe point (:func:`zo_step`)."""
     assert est.probes is not None
     rows = est.probes
@@ -481,7 +554,7 @@ def _probe_point_step(groups: Sequence[ZOGroup], est: ZOEstimate, lr: float) -> 
         if sign == 0.0:
             continue
         only = None if len(rows) == 1 else target
-        perturb(groups, est.seeds[index], sign, only)
+        perturb(groups, est.seeds[index], sign, only, dirs)
         moved.extend(groups if only is None else [groups[only]])
         best_loss = min(best_loss, value)
     apply_weight_decay(moved, lr)
