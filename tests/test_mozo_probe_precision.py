@@ -122,3 +122,18 @@ runs:
     train_probes = text.replace("  - method: mozo", "  - method: {name: mozo, probe_precision: train}")
     (tmp_path / "suite.yaml").write_text(train_probes)
     assert load_suite(tmp_path / "suite.yaml").runs[0].method.cfg.probe_precision == "train"
+
+
+def test_zo_units_stay_float32_through_a_bf16_mozo_step(tiny_model_factory):
+    """Autocast never casts the parameters themselves: the ZO units (outside autograd) and the FO units
+    are float32 after a step whose FO forward and backward ran under bf16."""
+    from test_mozo_step_cost import _iteration, _setup
+
+    model = _model(tiny_model_factory).train()
+    model.set_precision("bf16")
+    plugin, s = _setup(model, True)
+    _iteration(plugin, s)
+    assert plugin.last is not None and plugin.groups
+    assert all(p.dtype == torch.float32 for g in plugin.groups for p in g.params)
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+               for p in model.trainable_parameters())
