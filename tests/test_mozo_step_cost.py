@@ -206,3 +206,43 @@ def test_compiled_towers_are_not_replayed(tiny_model_factory):
     assert PrefixCache(model.clip, keys).lowest == {"vision": 1, "language": 1}
     model.compile_towers(backend="eager")  # nn.Module.compile is lazy: nothing is compiled until a forward
     assert PrefixCache(model.clip, keys).lowest == {}
+
+
+@pytest.mark.parametrize(("reuse", "zero"), [(True, True), (False, False)])
+def test_zo_evaluations_replay_the_fo_forwards_unit_noise(tiny_model_factory, monkeypatch, reuse, zero):
+    """Dropout masks and router noise are drawn once, in the FO forward, and replayed by every ZO
+    evaluation of the step (NoiseTape); the reference step draws them again each time (same values:
+    the equality test above)."""
+    model = _noisy_model(tiny_model_factory)
+    plugin, s = _setup(model, reuse)
+    assert (plugin.tape is not None) == reuse
+    draws = {"dropout": 0, "router": 0}
+    real_dropout, real_randn = torch.native_dropout, torch.randn_like
+
+    def dropout(*a, **kw):
+        draws["dropout"] += 1
+        return real_dropout(*a, **kw)
+
+    def randn_like(*a, **kw):
+        draws["router"] += 1
+        return real_randn(*a, **kw)
+
+    s.optimizer.zero_grad(set_to_none=True)
+    plugin.before_training_iteration(s)
+    s.mb_output = model(s.mb_x)
+    plugin.after_forward(s)
+    s.loss = s._criterion(s.mb_output, s.mb_y)
+    plugin.before_backward(s)
+    s.loss.backward()
+    monkeypatch.setattr(torch, "native_dropout", dropout)
+    monkeypatch.setattr(torch, "randn_like", randn_like)
+    plugin.before_update(s)
+    assert (draws == {"dropout": 0, "router": 0}) == zero, draws
+    assert plugin.tape is None or not plugin.tape.store  # released after the step
+
+
+def test_backbone_dropout_turns_the_noise_tape_off(tiny_model_factory):
+    model = _noisy_model(tiny_model_factory)
+    model.clip.visual.transformer.resblocks[0].attn.dropout = 0.1  # attention dropout in the backbone
+    plugin, _ = _setup(model, True)
+    assert plugin.tape is None

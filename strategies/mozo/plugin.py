@@ -41,6 +41,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin, MASPlugin, SynapticIntelligencePlugin
 
 from ..clip import CLIPClassifier, UnitKey
+from ..clip.units import Adapter, MoEAdapter, NoiseTape
 from ..rng import run_seeded
 from .prefix import PrefixCache, run_with_prefix
 from .selector import BRANCHES, select_zo_units
@@ -107,6 +108,24 @@ def make_config(cfg: MoZOConfig | None = None, **options: Any) -> MoZOConfig:
     return dataclasses.replace(cfg or MoZOConfig(), **options)
 
 
+def _only_units_draw_noise(model: CLIPClassifier) -> bool:
+    """True when no module but the units' own dropout / router draws random numbers (the condition
+    under which :class:`NoiseTape` replay is exact): no backbone dropout, attention dropout or patch
+    dropout with a non-zero rate."""
+    owned = {id(m) for unit in model.modules() if isinstance(unit, (Adapter, MoEAdapter)) for m in unit.modules()}
+    for module in model.modules():
+        if id(module) in owned:
+            continue
+        rate = getattr(module, "p", None) if isinstance(module, torch.nn.Dropout) else None
+        if isinstance(module, torch.nn.MultiheadAttention):
+            rate = module.dropout
+        if type(module).__name__ == "PatchDropout":
+            rate = getattr(module, "prob", 0.0)
+        if rate:
+            return False
+    return True
+
+
 def _version(tensors: list[torch.Tensor]) -> int:
     """Sum of in-place version counters: changes whenever a probe or an update touches a tensor."""
     return sum(t._version for t in tensors)
@@ -142,6 +161,7 @@ class MoZOPlugin(SupervisedPlugin):
         self.groups: list[ZOGroup] = []
         self.penalty_plugins: list[SupervisedPlugin] = []
         self.prefix: PrefixCache | None = None
+        self.tape: NoiseTape | None = None  # the units' dropout masks / router noise of the step (NoiseTape)
         self.last: ZOStepResult | None = None
         self._seeds: tuple[int, int] | None = None  # (direction, model) seeds of the current iteration
         self._from_forward = False  # the current iteration's FO forward ran seeded at the probes' precision
@@ -162,6 +182,10 @@ class MoZOPlugin(SupervisedPlugin):
             for p in group.params:
                 p.requires_grad_(False)  # ZO units live outside autograd: no activations stored for them
         self.prefix = PrefixCache(model.clip, self.zo_keys)
+        self.tape = NoiseTape() if self.reuse_forward and _only_units_draw_noise(model) else None
+        for module in model.modules():
+            if isinstance(module, (Adapter, MoEAdapter)):
+                module.noise_tape = self.tape
         self.model = model
 
     def _make_groups(self, model: CLIPClassifier) -> list[ZOGroup]:
@@ -314,6 +338,9 @@ class MoZOPlugin(SupervisedPlugin):
         self._from_forward = self.reuse_forward and getattr(model, "precision", "fp32") == self.probe_precision(model)
         if self._from_forward and self.prefix:
             self.prefix.record()
+        if self.tape is not None:
+            self.tape.clear()
+            self.tape.recording = self._from_forward
 
     def after_forward(self, strategy: Any, **kwargs: Any) -> None:
         model: CLIPClassifier = strategy.model
@@ -326,6 +353,8 @@ class MoZOPlugin(SupervisedPlugin):
         model.tower_seeds, model.seeded_image_features, model.seeded_text_features = None, None, None
         if self.prefix is not None:
             self.prefix.stop()
+        if self.tape is not None:
+            self.tape.recording = False
 
     def before_eval(self, strategy: Any, **kwargs: Any) -> None:
         self._end_seeded_forward(strategy.model)  # an interrupted iteration must not seed evaluation
@@ -347,6 +376,8 @@ class MoZOPlugin(SupervisedPlugin):
         (seed, model_seed), self._seeds = self._seeds, None
         features, from_forward = self._at_theta, self._from_forward and self._at_theta is not None
         self._at_theta, self._from_forward = None, False
+        if self.tape is not None:
+            self.tape.replaying = from_forward  # every ZO evaluation sees the FO forward's unit noise
         with self._probe_scope(model):
             full, per_group = self.closures(strategy, model_seed, features if from_forward else None,
                                             self.prefix if from_forward and self.prefix else None)
@@ -365,6 +396,8 @@ class MoZOPlugin(SupervisedPlugin):
             )
         if self.prefix is not None:
             self.prefix.clear()
+        if self.tape is not None:
+            self.tape.clear()
         if strategy.clock.train_iterations % self.cfg.log_every == 0:
             self._publish(strategy, self.last)
 
