@@ -455,18 +455,10 @@ def test_mozo_is_built_by_keyword_like_avalanche_strategies(tiny_model_factory):
 @pytest.mark.parametrize("perturbation", ["joint", "per_tower"])
 def test_per_tower_step_costs_the_forwards_of_a_joint_step(tiny_model_factory, monkeypatch, perturbation):
     model = tiny_model_factory("moe", dropout=0.0).eval()
+    from test_mozo_step_cost import _count_forwards
+
     plugin = _attached(model, branch="dual", layers="all", vision_perturbation=perturbation)
-    calls = {"image": 0, "text": 0}
-    image, text = model.clip.encode_image, model._encode_prompts
-
-    def count(name, fn):
-        def wrapped(*a, **kw):
-            calls[name] += 1
-            return fn(*a, **kw)
-        return wrapped
-
-    monkeypatch.setattr(model.clip, "encode_image", count("image", image))
-    monkeypatch.setattr(model, "_encode_prompts", count("text", text))
+    calls = _count_forwards(model, monkeypatch)
     plugin.before_update(_Batch(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), lr=0.01))
     # joint: L(θ), 2 joint probes, 2 candidates. per_tower: L(θ); vision probes reuse the text features,
     # language probes the image features of L(θ); 2 candidates
