@@ -60,6 +60,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from torch.utils.data import DataLoader
 
 from ..clip import CLIPClassifier
+from ..rng import rng_state, set_rng_state
 from ..training import has_several_task_labels
 from .fusion import Trigger, decouple, storage_report, unify_into
 from .prototypes import aggregate_logits, aggregation_weights, class_prototypes, select_tasks, task_scores
@@ -107,18 +108,6 @@ def make_config(**options: Any) -> ConDUConfig:
     if unknown:
         raise TypeError(f"ConDU: unknown options {unknown}; allowed: {', '.join(names)}")
     return check_config(ConDUConfig(**options))
-
-
-def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]] | None) -> None:
-    if state is not None:
-        torch.set_rng_state(state[0])
-        if state[1]:
-            torch.cuda.set_rng_state_all(state[1])
 
 
 class ConDUPlugin(SupervisedPlugin):
@@ -295,14 +284,15 @@ class ConDUPlugin(SupervisedPlugin):
         self._follow_device()
         if self._in_train:  # evaluation inside train() (Avalanche's eval_every): keep the training state
             self._snapshot = {n: p.detach().clone() for n, p in self.params.items()}
-            self._rng = _rng_state()
+            self._rng = rng_state()
             self.loaded = TRAINING
         self._drop_text(TRAINING)
 
     def after_eval(self, strategy: Any, **kwargs: Any) -> None:
         if self._snapshot is not None:
             self.load(TRAINING)  # the weights being trained, bit for bit
-            _set_rng_state(self._rng)
+            if self._rng is not None:
+                set_rng_state(self._rng)
             self._snapshot, self._rng = None, None
             self.loaded = None
             self._drop_text(TRAINING)
