@@ -340,31 +340,6 @@ def _sign(x: Scalar) -> Scalar:
     return float((x > 0) - (x < 0))
 
 
-def _direction(
-    group: ZOGroup, zs: list[torch.Tensor], projected: Sequence[float], sign_mode: str
-) -> torch.Tensor:
-    """Update direction of one parameter, averaged over queries (MoZO §3, sign normalization).
-
-    scalar: sign(p_raw)·z_g (scale-free, not divided by ε); elementwise: sign(p_raw·z_g);
-    none: (p_raw/ε_g)·z_g, the raw estimate ĝ_g; each times ``group.step_scale``. The result may
-    alias (overwrite) ``zs[0]``.
-    """
-    terms = []
-    for z, p_raw in zip(zs, projected, strict=True):
-        if sign_mode == "scalar":
-            terms.append(z.mul_(_sign(p_raw)))
-        elif sign_mode == "elementwise":
-            terms.append(z.sign_().mul_(_sign(p_raw)))
-        else:
-            terms.append(z.mul_(p_raw / group.eps))
-    acc = terms[0]
-    for term in terms[1:]:
-        acc.add_(term)
-    if len(terms) > 1:
-        acc.div_(len(terms))
-    return acc if group.step_scale == 1.0 else acc.mul_(group.step_scale)
-
-
 def _check_sign_mode(sign_mode: str) -> None:
     if sign_mode not in SIGN_MODES:
         raise ValueError(f"sign_mode={sign_mode!r}: expected one of {', '.join(SIGN_MODES)}")
@@ -375,18 +350,19 @@ def gradient_estimate(
 ) -> list[torch.Tensor]:
     """Materialise the (sign-normalized) estimate, one tensor per parameter (tests, diagnostics)."""
     _check_sign_mode(sign_mode)
-    index = {id(g): k for k, g in enumerate(groups)}
-    return [
-        _direction(g, zs, estimate.projected_of(index[id(g)]), sign_mode)
-        for g, _, zs in iter_directions(groups, estimate.seeds)
-    ]
+    dirs = Directions(groups, estimate.seeds)
+    return [d for k, g in enumerate(groups) if g.params
+            for d in _group_direction(g, [dirs.of(k, s) for s in estimate.seeds], estimate.projected_of(k), sign_mode)]
 
 
 def _group_direction(
     group: ZOGroup, zs: list[list[torch.Tensor]], projected: Sequence[Scalar], sign_mode: str
 ) -> list[torch.Tensor]:
-    """:func:`_direction` for all of a group's parameters at once (foreach ops; ``zs[i]`` = z of query i,
-    left unmodified), the same products in the same order, so the same bits."""
+    """Update direction of a group's parameters, averaged over queries (MoZO §3, sign normalization).
+
+    scalar: sign(p_raw)·z_g (scale-free, not divided by ε); elementwise: sign(p_raw·z_g);
+    none: (p_raw/ε_g)·z_g, the raw estimate ĝ_g; each times ``group.step_scale``. Foreach ops over the
+    group's tensors; ``zs[i]`` (z of query i) is left unmodified."""
     acc: list[torch.Tensor] | None = None
     for z, p_raw in zip(zs, projected, strict=True):
         if sign_mode == "scalar":
@@ -514,6 +490,7 @@ def zo_step(
         loss_at_theta=loss_at_theta,
         on_device=True,
         dirs=dirs,
+        cache_directions=cache_directions,
     )
     if mode == "probe":
         return _probe_point_step(groups, _on_host(est), lr, dirs)
