@@ -29,7 +29,6 @@ Choices where the paper is silent (documented in the README, "Fidelity / MoZO"):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -305,12 +304,10 @@ class MoZOPlugin(SupervisedPlugin):
     # ---- precision -------------------------------------------------------------------------------
     def probe_precision(self, model: CLIPClassifier) -> str:
         """The compute precision of every ZO evaluation: fp32 (default) or the model's (``train``)."""
-        current = getattr(model, "precision", "fp32")
-        return current if self.cfg.probe_precision == "train" else "fp32"
+        return model.precision if self.cfg.probe_precision == "train" else "fp32"
 
     def _probe_scope(self, model: CLIPClassifier) -> Any:
-        scope = getattr(model, "precision_scope", None)
-        return scope(self.probe_precision(model)) if scope is not None else contextlib.nullcontext()
+        return model.precision_scope(self.probe_precision(model))
 
     # ---- the ZO step ---------------------------------------------------------------------------
     def zo_lr(self, strategy: Any) -> float:
@@ -320,7 +317,10 @@ class MoZOPlugin(SupervisedPlugin):
             return self.cfg.mix * current
         return self.cfg.mix * self.cfg.zo_lr * (current / self.base_lr if self.base_lr else 1.0)
 
-    def _draw_seeds(self) -> tuple[int, int]:
+    def _new_step(self, model: CLIPClassifier) -> tuple[int, int]:
+        """The step's (direction, model) seeds; text features cached under other randomness are dropped."""
+        if model.training:
+            model.invalidate_text_cache()
         seed, model_seed = (int(v) for v in torch.randint(0, 2**31 - 2, (2,), generator=self.generator))
         return seed, model_seed
 
@@ -330,12 +330,10 @@ class MoZOPlugin(SupervisedPlugin):
         self._at_theta, self._from_forward = None, False
         if not self.groups:
             return
-        self._seeds = self._draw_seeds()
         model: CLIPClassifier = strategy.model
-        if model.training:  # text features cached under other randomness: recompute under ours
-            model.invalidate_text_cache()
+        self._seeds = self._new_step(model)
         model.tower_seeds = (self._seeds[1], self._seeds[1] + 1)
-        self._from_forward = self.reuse_forward and getattr(model, "precision", "fp32") == self.probe_precision(model)
+        self._from_forward = self.reuse_forward and model.precision == self.probe_precision(model)
         if self._from_forward and self.prefix:
             self.prefix.record()
         if self.tape is not None:
@@ -369,11 +367,8 @@ class MoZOPlugin(SupervisedPlugin):
         if not self.groups:
             return
         model: CLIPClassifier = strategy.model
-        if self._seeds is None:  # called without before_training_iteration (e.g. a hand-written loop)
-            self._seeds = self._draw_seeds()
-            if model.training:
-                model.invalidate_text_cache()
-        (seed, model_seed), self._seeds = self._seeds, None
+        # without before_training_iteration (e.g. a hand-written loop) the step starts here
+        (seed, model_seed), self._seeds = self._seeds or self._new_step(model), None
         features, from_forward = self._at_theta, self._from_forward and self._at_theta is not None
         self._at_theta, self._from_forward = None, False
         if self.tape is not None:
