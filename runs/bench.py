@@ -14,9 +14,9 @@ model's input size, labels over 10 classes, prompts "a photo of a {name}.", mode
   step of the first-order units if there are any;
 - ``MoZO``: the paper's configuration, i.e. the ``MoZOConfig`` defaults (dual branch, hop-even layers,
   scalar sign, conservative candidate, ε_vision < ε_language);
-- ``MoZO (from scratch)``: the same with ``reuse_forward=False``: L(θ), the features at θ and the blocks
-  below the lowest ZO layer are recomputed in the ZO step instead of taken from the FO forward (the
-  step before the cheaper one; same update).
+- ``MoZO (from scratch)``: the same with ``reuse_forward=False``: L(θ), the features at θ, the blocks
+  below the lowest ZO layer and the units' noise are recomputed in the ZO step instead of taken from the
+  FO forward (the step before the cheaper one; same update).
 
 ``grad_checkpointing`` (CLI ``--grad-checkpointing``) adds, after every training configuration, the same
 configuration with per-block gradient checkpointing of both towers (``train.grad_checkpointing``; row
@@ -87,7 +87,7 @@ ZO_CONFIGS: dict[str, MoZOConfig] = {
     "Vision ZO": MoZOConfig(branch="vision", layers="all"),
     "Language ZO": MoZOConfig(branch="language", layers="all"),
     "MoZO": MoZOConfig(),
-    "MoZO (from scratch)": MoZOConfig(),  # reuse_forward=False: L(θ), features and prefix recomputed
+    "MoZO (from scratch)": MoZOConfig(),  # reuse_forward=False: L(θ), features, prefix and noise recomputed
 }
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 LR = 1e-3  # MoE-Adapters4CL / MoZO FO recipe (AdamW 1e-3); the ZO step size defaults to it

@@ -79,10 +79,9 @@ class NoiseTape:
 class Adapter(nn.Module):
     """Bottleneck adapter ``scale * up(dropout(relu(down(x))))``; ``up`` zero-initialised."""
 
-    noise_tape: NoiseTape | None = None  # set by MoZO for its steps (NoiseTape)
-
     def __init__(self, width: int, bottleneck: int, scale: float, dropout: float) -> None:
         super().__init__()
+        self.noise_tape: NoiseTape | None = None  # set by MoZO for its steps (NoiseTape)
         self.down = nn.Linear(width, bottleneck)
         self.up = nn.Linear(bottleneck, width)
         self.dropout = nn.Dropout(dropout)
