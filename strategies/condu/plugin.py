@@ -50,7 +50,7 @@ import logging
 import typing
 from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, Literal
 
 import torch
@@ -62,6 +62,7 @@ from torch.utils.data import DataLoader
 from ..clip import CLIPClassifier
 from ..rng import rng_state, set_rng_state
 from ..training import has_several_task_labels
+from .config import ConDUConfig
 from .fusion import Trigger, decouple, storage_report, unify_into
 from .prototypes import aggregate_logits, aggregation_weights, class_prototypes, select_tasks, task_scores
 
@@ -69,19 +70,6 @@ log = logging.getLogger(__name__)
 PRETRAINED = -1  # model id of θ⁰ in caches
 TRAINING = -2  # model id of the weights being trained, kept aside during a periodic evaluation
 _PROMPT_CHUNK = 256  # prompts per text-tower pass when computing prototypes
-
-
-@dataclass
-class ConDUConfig:
-    inference: Literal["auto", "task_aware", "aggregated"] = "auto"  # auto: task-aware on task-incremental streams
-    top_k: int = 4  # tasks aggregated per image (plus the pretrained model)
-    weighting: Literal["uniform", "similarity", "softmax"] = "uniform"  # mixing of the selected models
-    temperature: float = 0.1  # softmax weighting temperature
-    rescaler: Literal["mean_abs", "l1"] = "mean_abs"  # trigger rescaler: code's mean-abs ratio or global L1
-    prototype_text: Literal["mean", "normalized"] = "mean"  # text half: template mean as is (code) or re-normalised
-    prototype_images_from: Literal["train", "eval"] = "train"  # image half: training data + augmentation (code)
-    prototype_images: int | None = None  # images per experience used for prototypes (None = all)
-    cache_models: int = 4  # reconstructed task models kept in memory
 
 
 def check_config(cfg: ConDUConfig) -> ConDUConfig:

@@ -15,7 +15,8 @@ from avalanche.training.templates import SupervisedTemplate
 from ..clip import CLIPClassifier
 from ..registry import MethodSpec, register
 from ..training import make_optimizer
-from .plugin import ConDUConfig, ConDUPlugin
+from .config import ConDUConfig
+from .plugin import ConDUPlugin
 
 _DEFAULT = ConDUConfig()
 

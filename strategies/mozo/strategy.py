@@ -18,7 +18,8 @@ from avalanche.training.templates import SupervisedTemplate
 from ..clip import CLIPClassifier
 from ..registry import MethodSpec, register
 from ..training import make_optimizer
-from .plugin import CONFIG_FIELDS, MoZOConfig, MoZOPlugin
+from .config import CONFIG_FIELDS, MoZOConfig
+from .plugin import MoZOPlugin
 
 
 class MoZO(SupervisedTemplate):
