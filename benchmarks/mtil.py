@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from strategies.options import COUNT, option
+
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext, fill_templates
 from .common import clean_class_name
 from .templates import check_mtil_choice, mtil_templates
@@ -254,12 +256,15 @@ LOADERS: dict[str, Callable[[str, bool, int], SourceSplit]] = {
 
 @dataclass
 class MTILConfig:
-    order: str | list[str] = "I"  # "I", "II" or an explicit list of dataset names
-    shots: int | None = None  # keep k training images per class (5 for few-shot MTIL); None: all
-    shot_seed: int | None = None  # None: the first k per class; an int: k drawn with this seed
-    split_seed: int = 42  # seed of the 80/20 split of Caltech101, EuroSAT, SUN397
-    train_templates: str = "first"  # training prompts per dataset: "first" (official) or "all" its templates
-    eval_templates: str = "all"  # evaluation / prototype prompts per dataset: "all" (official) or "first"
+    order: str | list[str] = option("I", "\"I\", \"II\" or an explicit list of dataset names")
+    shots: int | None = option(None, "keep k training images per class (5 for few-shot MTIL); None: all",
+                               range=COUNT)
+    shot_seed: int | None = option(None, "None: the first k per class; an int: k drawn with this seed")
+    split_seed: int = option(42, "seed of the 80/20 split of Caltech101, EuroSAT, SUN397")
+    train_templates: str = option("first", "training prompts per dataset: \"first\" (official) or \"all\" its "
+                                  "templates")
+    eval_templates: str = option("all", "evaluation / prototype prompts per dataset: \"all\" (official) or "
+                                 "\"first\"")
 
 
 def resolve_order(order: str | list[str]) -> list[str]:
