@@ -202,8 +202,8 @@ def test_unknown_launcher_key_exits_2(tmp_path, capsys):
     assert "unknown key 'launcher.gpus'; allowed keys: partition, time" in capsys.readouterr().err
 
 
-def test_more_workers_than_gpus_names_both_counts_unless_shared(monkeypatch):
-    suite = load_suite(SMOKE, SETS, only=ONLY)
+def test_more_workers_than_gpus_names_both_counts_unless_shared(monkeypatch, tmp_path):
+    suite = load_suite(SMOKE, SETS, only=ONLY, output_dir=str(tmp_path))  # never the repository's outputs/
     planned = plan(suite, ONLY, compare_machine=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
