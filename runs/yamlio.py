@@ -9,6 +9,8 @@ cost without bound and keys that silently vanish. This loader adds, before any v
 - an **expanded-size** budget (:data:`MAX_NODES`): aliases are counted as the full size of what they
   stand for (an "alias bomb" of 654 bytes expands to ~10⁹ nodes), computed with memoisation in time
   linear in the *composed* graph, so the check itself is cheap;
+- **recursive aliases** (``d: &d {x: *d}``, a value containing itself) are refused while sizing, in
+  milliseconds (PyYAML would build the cyclic object; validating it ran into a ``MemoryError``);
 - **duplicate keys** are an error naming both lines (PyYAML keeps the last one silently).
 
 Errors are :class:`YAMLBudgetError` (a ``ValueError``) with a one-line message; callers prefix the
@@ -71,12 +73,16 @@ class _BoundedLoader(yaml.SafeLoader):
 def _expanded_size(root: Node) -> int:
     """Nodes after alias expansion (memoised by node identity: aliases share node objects)."""
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # expanded, children not finished: a DFS ancestor of what is popped next
     stack: list[tuple[Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
         key = id(node)
         if key in sizes:
             continue
+        if not children_done and key in open_nodes:  # reached again below itself: `x: &a {y: *a}`
+            line = node.start_mark.line + 1
+            raise YAMLBudgetError(f"recursive alias (line {line}): a value that contains itself")
         if isinstance(node, ScalarNode):
             sizes[key] = 1
             continue
@@ -88,7 +94,9 @@ def _expanded_size(root: Node) -> int:
         if children_done:
             total = 1 + sum(sizes.get(id(c), 0) for c in children)
             sizes[key] = min(total, MAX_NODES + 1)  # cap: the sum cannot overflow into slowness
+            open_nodes.discard(key)
             continue
+        open_nodes.add(key)
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in sizes)
     return sizes[id(root)]
