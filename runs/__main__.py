@@ -126,23 +126,17 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .driver import run_suite  # late, as every command's imports: `--help`, `status DIR` stay quick
     from .report import format_table
-    from .runner import run_suite
 
     options = _options(args)
     suite = _load(args)
-    if options.executor == "serial":
-        outcome = run_suite(suite, online=args.online, only=args.only, rerun_changed=args.rerun_changed,
-                            rerun_failed=args.rerun_failed, fail_fast=args.fail_fast, verbose=args.verbose)
-    else:
-        from .executors import run_suite as drive
-
-        outcome = drive(suite, options, online=args.online, only=args.only, rerun_changed=args.rerun_changed,
-                        rerun_failed=args.rerun_failed, verbose=args.verbose)
-        if not options.wait:
-            print(f"submitted; follow with: python -m runs status {args.suite}; "
-                  f"the table: python -m runs report {suite.dir}")
-            return EXIT_OK
+    outcome = run_suite(suite, options, online=args.online, only=args.only, rerun_changed=args.rerun_changed,
+                        rerun_failed=args.rerun_failed, fail_fast=args.fail_fast, verbose=args.verbose)
+    if outcome.submitted:
+        print(f"submitted; follow with: python -m runs status {args.suite}; "
+              f"the table: python -m runs report {suite.dir}")
+        return EXIT_OK
     for run_id in outcome.busy:
         print(f"skipped: {run_id}: another worker holds its lock (python -m runs status {args.suite})")
     if outcome.records:
@@ -160,7 +154,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .runner import check_machine
+    from .machine import check_machine
 
     suite = _load(args)
     n = sum(len(r.seeds) for r in suite.runs)
@@ -175,15 +169,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import format_table, load_run_records, resolve_suite_dir, write_results
+    from .driver import report_suite
+    from .report import format_table, resolve_suite_dir
 
     suite_dir = resolve_suite_dir(args.suite_dir)
-    records = load_run_records(suite_dir)
+    records, paths, order = report_suite(suite_dir)  # also the suite W&B run a --no-wait run left pending
     if not records:
         print(f"error: {suite_dir}: no finished or failed run folders", file=sys.stderr)
         return EXIT_BAD_INPUT
-    paths = write_results(records, suite_dir)
-    print(format_table(records))
+    print(format_table(records, run_order=order))
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return EXIT_OK
 

@@ -19,6 +19,7 @@ the last ``run`` invocation (``.plan.json``, written by the driver) or else the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import time
@@ -26,9 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import SuiteConfig, load_suite
 from .folders import RunFolder, read_json
 from .io import atomic_write_text, ensure_dir
 from .lock import lock_path, read_lock, stale_reason
+from .report import RunFolderError
+from .runkey import RunKey, keys_of
 
 PLAN = ".plan.json"
 _EXP = re.compile(r"\bexp (\d+)/(\d+)\b")
@@ -41,15 +45,33 @@ class RunStatus:
     detail: str = ""
 
 
-def write_plan(suite: Any, only: list[str] | None = None) -> None:
-    """``<suite>/.plan.json``: the (run, seed)s and fingerprints of this invocation (for ``status DIR``)."""
-    from .fingerprint import fingerprint
-    from .runner import run_config
+def write_plan(suite: SuiteConfig, only: list[str] | None = None, *, keys: list[RunKey] | None = None,
+               mode: str | None = None, pending: bool = False) -> None:
+    """``<suite>/.plan.json``: the (run, seed)s and fingerprints of this invocation (for ``status DIR``),
+    the suite's run order and W&B block, and whether its suite outputs are still to be written
+    (``pending``: a ``--no-wait`` submission; the next ``run`` or ``report`` writes them)."""
+    keys = keys if keys is not None else keys_of(suite, only)
+    runs = [{"run_id": key.id, "fingerprint": key.fingerprint} for key in keys]
+    atomic_write_text(ensure_dir(suite.dir) / PLAN, json.dumps({
+        "suite": suite.name, "file": suite.file, "runs": runs, "order": [r.name for r in suite.runs],
+        "wandb": dataclasses.asdict(suite.wandb), "mode": mode or suite.wandb.mode, "outputs_pending": pending,
+    }, indent=2))
 
-    runs = [{"run_id": f"{r.name}-seed{s}", "fingerprint": fingerprint(run_config(r, s))}
-            for r in suite.runs if not only or r.name in only for s in r.seeds]
-    atomic_write_text(ensure_dir(suite.dir) / PLAN, json.dumps({"suite": suite.name, "file": suite.file,
-                                                                "runs": runs}, indent=2))
+
+def read_plan(suite_dir: Path) -> dict[str, Any] | None:
+    """``.plan.json`` of a suite folder; None when absent or unreadable (status then lists the folders)."""
+    try:
+        plan = read_json(Path(suite_dir) / PLAN)
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
+def set_outputs_pending(suite_dir: Path, pending: bool) -> None:
+    """Mark (or clear) the suite outputs as still to be written in ``.plan.json``."""
+    plan = read_plan(suite_dir)
+    if plan is not None and plan.get("outputs_pending") != pending:
+        atomic_write_text(Path(suite_dir) / PLAN, json.dumps(plan | {"outputs_pending": pending}, indent=2))
 
 
 def _progress(folder: Path) -> str:
@@ -93,18 +115,10 @@ def run_status(suite_dir: Path, run_id: str, fp: str | None) -> RunStatus:
 def suite_status(target: str | Path, overrides: list[str] | None = None, only: list[str] | None = None,
                  output_dir: str | None = None) -> tuple[Path, list[RunStatus]]:
     """The suite folder and one :class:`RunStatus` per (run, seed) of a suite YAML or output folder."""
-    from .report import RunFolderError
-
     path = Path(target)
     if path.is_file():
-        from .config import load_suite
-        from .fingerprint import fingerprint
-        from .runner import run_config
-
         suite = load_suite(path, overrides, only=only, output_dir=output_dir)
-        wanted = [(f"{r.name}-seed{s}", fingerprint(run_config(r, s)))
-                  for r in suite.runs if not only or r.name in only for s in r.seeds]
-        return suite.dir, [run_status(suite.dir, run_id, fp) for run_id, fp in wanted]
+        return suite.dir, [run_status(suite.dir, key.id, key.fingerprint) for key in keys_of(suite, only)]
     if not path.is_dir():
         raise RunFolderError(f"{target}: neither a suite YAML nor a suite output folder")
     plan = path / PLAN

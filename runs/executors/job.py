@@ -19,14 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..config import RunConfig, SuiteConfig
+from ..errors import RefusedError, RunFailed
 from ..folders import RunFolder
 from ..io import atomic_write_text, ensure_dir
 from ..lock import RunLock, lock_path
+from ..machine import check_machine
+from ..runkey import RunKey
+from ..session import RunSession
 
 log = logging.getLogger("runs.executors")
 PROBE = ".probe"
-STARTABLE = ("run", "resume", "rerun-failed", "rerun-changed")
 
 
 @dataclass
@@ -36,18 +41,24 @@ class Job:
     suite: SuiteConfig
     run: RunConfig
     seed: int
-    action: str  # run | resume | rerun-failed | rerun-changed
+    action: str  # one of planning.STARTABLE
     probe: str = ""  # token the driver wrote to <suite>/.probe; "" = not checked
     online: bool = False
     verbose: bool = False
     threads: int | None = None  # torch.set_num_threads in the worker (None: leave torch's default)
     progress: bool = True  # progress bars; off under local/ray/slurm (the driver prints one line per run)
-    machine_checked: bool = False  # the driver already ran runner.preflight on this machine (serial): skip it here
+    machine_checked: bool = False  # the driver already ran machine.preflight on this machine (serial): skip it here
     cwd: str = field(default_factory=os.getcwd)  # relative data_root / output_dir are relative to it
+    key: RunKey | None = None  # the planner's key (its config and fingerprint already computed); None: made here
+
+    def __post_init__(self) -> None:
+        if self.key is None:
+            self.key = RunKey.of(self.suite, self.run, self.seed)
 
     @property
     def run_id(self) -> str:
-        return f"{self.run.name}-seed{self.seed}"
+        assert self.key is not None
+        return self.key.id
 
 
 @dataclass
@@ -83,15 +94,11 @@ def check_probe(suite: SuiteConfig, token: str) -> str | None:
             f"a folder on a file system every worker shares")
 
 
-def _enter(job: Job) -> int | None:
+def _enter(job: Job) -> int:
     if job.cwd and Path(job.cwd).is_dir():
         os.chdir(job.cwd)
     if job.threads is not None:
-        import torch
-
         torch.set_num_threads(job.threads)
-    import torch
-
     return torch.get_num_threads()
 
 
@@ -100,9 +107,8 @@ def run_job(job: Job, on_prepared: Callable[[Path], None] | None = None) -> JobR
 
     ``on_prepared(folder)`` is called once the run folder exists (Slurm links its logs there).
     """
-    from ..fingerprint import fingerprint, fingerprinted
-    from ..runner import RefusedError, RunFailed, RunSession, check_machine, run_config, run_dir
-
+    key = job.key
+    assert key is not None
     threads = _enter(job)
     result = JobResult(job.run_id, "failed", threads=threads)
     problem = check_probe(job.suite, job.probe)
@@ -116,9 +122,8 @@ def run_job(job: Job, on_prepared: Callable[[Path], None] | None = None) -> JobR
         result.reason = f"{job.run_id}: locked by {lock.holder.describe() if lock.holder else '?'}"
         return result
     try:
-        config = run_config(job.run, job.seed)
-        folder = RunFolder(run_dir(job.suite, job.run, job.seed))
-        state = folder.state(fingerprint(config), fingerprinted(config), None)
+        folder = RunFolder(key.folder)
+        state = folder.state(key.fingerprint, key.fingerprinted, None)
         if state.status == "finished":
             result.status = "skipped"
             result.reason = f"{job.run_id}: finished meanwhile by another worker"
@@ -131,7 +136,7 @@ def run_job(job: Job, on_prepared: Callable[[Path], None] | None = None) -> JobR
             folder.supersede((folder.meta() or {}).get("fingerprint", "nofingerprint"))
         log.info("%s: started on %s pid %d (%s torch threads)", job.run_id, result.host, result.pid, threads)
         session = RunSession(job.suite, job.run, job.seed, online=job.online, verbose=job.verbose,
-                             progress=job.progress)
+                             progress=job.progress, key=key)
         if on_prepared is not None:
             session.prepare()
             on_prepared(session.out)

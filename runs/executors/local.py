@@ -25,24 +25,25 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import ConfigError, SuiteConfig
 from ..io import atomic_write_text
-from . import ExecutorOptions, announce, cpu_count
+from ..planning import Planned
+from .base import ExecutorOptions, announce, cpu_count
 from .job import Job, JobResult, run_job
 
 log = logging.getLogger("runs.executors")
 
 
-def _gpu_mode(planned: list[Any]) -> int:
+def _gpu_mode(planned: list[Planned]) -> int:
     """Visible GPUs when a selected run may use one, else 0."""
-    import torch
-
     if not torch.cuda.is_available() or all(p.run.train.device == "cpu" for p in planned):
         return 0
     return torch.cuda.device_count()
 
 
-def workers_and_gpus(options: ExecutorOptions, planned: list[Any]) -> tuple[int, int]:
+def workers_and_gpus(options: ExecutorOptions, planned: list[Planned]) -> tuple[int, int]:
     gpus = _gpu_mode(planned)
     workers = options.workers or max(gpus, 1)
     if gpus and workers > gpus and not options.share_gpus:
@@ -51,8 +52,19 @@ def workers_and_gpus(options: ExecutorOptions, planned: list[Any]) -> tuple[int,
     return workers, gpus
 
 
-def check(suite: SuiteConfig, options: ExecutorOptions, planned: list[Any]) -> None:
-    options.workers, _ = workers_and_gpus(options, planned)
+class LocalBackend:
+    on_this_machine = True
+    in_process = False
+    job_fields: dict[str, Any] = {"progress": False}
+
+    def __init__(self, options: ExecutorOptions, *, fail_fast: bool = False) -> None:
+        self.options = options  # --fail-fast: the workers run at once; every started job ends
+
+    def check(self, suite: SuiteConfig, planned: list[Planned]) -> None:
+        self.workers, _ = workers_and_gpus(self.options, planned)
+
+    def run(self, suite: SuiteConfig, jobs: list[Job]) -> list[JobResult]:
+        return run(jobs, self.workers, self.options.retries)
 
 
 def _setup_child_logging(run_id: str) -> None:
@@ -88,11 +100,8 @@ def _read_result(path: Path) -> JobResult | None:
         return None
 
 
-def run(jobs: list[Job], options: ExecutorOptions) -> list[JobResult]:
-    """Run the jobs in at most ``options.workers`` processes at once; their results, in end order."""
-    workers = options.workers or 1
-    import torch
-
+def run(jobs: list[Job], workers: int, retries: int) -> list[JobResult]:
+    """Run the jobs in at most ``workers`` processes at once; their results, in end order."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() and any(j.run.train.device != "cpu"
                                                                           for j in jobs) else 0
     threads = None if gpus else max(1, cpu_count() // workers)
@@ -120,7 +129,7 @@ def run(jobs: list[Job], options: ExecutorOptions) -> list[JobResult]:
                     free.append(slot)
                     result = _read_result(path)
                     if result is None:
-                        result = _died(job, attempt, proc.exitcode, options.retries, pending)
+                        result = _died(job, attempt, proc.exitcode, retries, pending)
                     if result is not None:
                         announce(result)
                         results.append(result)

@@ -21,11 +21,11 @@ from dataclasses import replace
 from typing import Any
 
 from ..config import ConfigError, SuiteConfig
-from . import ExecutorOptions, announce
+from ..planning import Planned
+from .base import ExecutorOptions, announce
 from .job import Job, JobResult, run_job
 
 log = logging.getLogger("runs.executors")
-_started_here = False
 
 
 def _reachable(address: str) -> str | None:
@@ -40,34 +40,8 @@ def _reachable(address: str) -> str | None:
     return None
 
 
-def check(suite: SuiteConfig, options: ExecutorOptions, planned: list[Any]) -> None:
-    """Connect to (or start) Ray before anything is written; an unreachable address exits 2."""
-    global _started_here
-    if not options.wait:
-        raise ConfigError("--no-wait with --executor ray: a Ray driver's tasks end with it; submit the driver "
-                          "with `ray job submit -- python -m runs run SUITE --executor ray --address auto`")
-    if options.address not in (None, "auto"):
-        problem = _reachable(options.address)
-        if problem:
-            raise ConfigError(f"--address {options.address}: no Ray cluster reachable there ({problem})")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        if options.address:
-            ray.init(address=options.address, runtime_env={"env_vars": {"WANDB_SILENT": "true"}})
-        else:
-            ray.init(include_dashboard=False, runtime_env={"env_vars": {"WANDB_SILENT": "true"}})
-            _started_here = True
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise ConfigError(f"--address {options.address}: cannot join a Ray cluster: "
-                          f"{str(error).strip().splitlines()[0][:200]}") from None
-
-
 def _gpus(options: ExecutorOptions, jobs: list[Job]) -> float:
-    import ray
+    import ray  # the optional extra
 
     if options.gpus_per_run is not None:
         return options.gpus_per_run
@@ -82,8 +56,53 @@ def _task(job: Job) -> JobResult:
     return run_job(job)
 
 
-def run(jobs: list[Job], options: ExecutorOptions) -> list[JobResult]:
-    import ray
+class RayBackend:
+    on_this_machine = False
+    in_process = False
+    job_fields: dict[str, Any] = {"progress": False}
+
+    def __init__(self, options: ExecutorOptions, *, fail_fast: bool = False) -> None:
+        self.options = options
+        self.started_here = False  # this driver started a local Ray (stopped after the run)
+
+    def check(self, suite: SuiteConfig, planned: list[Planned]) -> None:
+        """Connect to (or start) Ray before anything is written; an unreachable address exits 2."""
+        options = self.options
+        if not options.wait:
+            raise ConfigError("--no-wait with --executor ray: a Ray driver's tasks end with it; submit the driver "
+                              "with `ray job submit -- python -m runs run SUITE --executor ray --address auto`")
+        if options.address not in (None, "auto"):
+            problem = _reachable(options.address)
+            if problem:
+                raise ConfigError(f"--address {options.address}: no Ray cluster reachable there ({problem})")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        import ray  # the optional extra (pip install -e ".[ray]")
+
+        if ray.is_initialized():
+            return
+        try:
+            if options.address:
+                ray.init(address=options.address, runtime_env={"env_vars": {"WANDB_SILENT": "true"}})
+            else:
+                ray.init(include_dashboard=False, runtime_env={"env_vars": {"WANDB_SILENT": "true"}})
+                self.started_here = True
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ConfigError(f"--address {options.address}: cannot join a Ray cluster: "
+                              f"{str(error).strip().splitlines()[0][:200]}") from None
+
+    def run(self, suite: SuiteConfig, jobs: list[Job]) -> list[JobResult]:
+        try:
+            return _run(jobs, self.options)
+        finally:
+            if self.started_here:  # a joined cluster keeps running
+                import ray  # the optional extra
+
+                ray.shutdown()
+                self.started_here = False
+
+
+def _run(jobs: list[Job], options: ExecutorOptions) -> list[JobResult]:
+    import ray  # the optional extra
 
     cpus = options.cpus_per_run or 1
     gpus = _gpus(options, jobs)
@@ -93,29 +112,16 @@ def run(jobs: list[Job], options: ExecutorOptions) -> list[JobResult]:
         refs[remote.remote(replace(job, threads=cpus))] = job
         log.info("%s: submitted to Ray (%d CPU, %g GPU)", job.run_id, cpus, gpus)
     results = []
-    try:
-        while refs:
-            done, _ = ray.wait(list(refs), num_returns=1)
-            for ref in done:
-                job = refs.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as error:  # the worker died more than --retries times
-                    reason = str(error).strip().splitlines()[0][:300]
-                    result = JobResult(job.run_id, "failed", f"{job.run_id}: Ray task died after {options.retries} "
-                                                             f"retries ({reason}); its checkpoint is kept: run again")
-                announce(result)
-                results.append(result)
-    finally:
-        _shutdown()
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        for ref in done:
+            job = refs.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as error:  # the worker died more than --retries times
+                reason = str(error).strip().splitlines()[0][:300]
+                result = JobResult(job.run_id, "failed", f"{job.run_id}: Ray task died after {options.retries} "
+                                                         f"retries ({reason}); its checkpoint is kept: run again")
+            announce(result)
+            results.append(result)
     return results
-
-
-def _shutdown() -> None:
-    """Stop the local Ray this driver started (a joined cluster keeps running)."""
-    global _started_here
-    if _started_here:
-        import ray
-
-        ray.shutdown()
-        _started_here = False

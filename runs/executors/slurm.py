@@ -27,33 +27,21 @@ from typing import Any
 
 from ..config import ConfigError, LauncherConfig, SuiteConfig, slurm_minutes
 from ..io import atomic_write_text, ensure_dir
-from . import ExecutorOptions, announce, launcher
+from ..planning import Planned
+from .base import ExecutorOptions, announce, launcher
 from .job import Job, JobResult, run_job
 
 log = logging.getLogger("runs.executors")
 CLUSTER_ENV = "RUNS_SLURM_CLUSTER"
-_suite: SuiteConfig | None = None
 
 
 def _cluster() -> str:
     return os.environ.get(CLUSTER_ENV, "slurm")
 
 
-def check(suite: SuiteConfig, options: ExecutorOptions, planned: list[Any]) -> None:
-    global _suite
-    cluster = _cluster()
-    if cluster not in ("slurm", "local", "debug"):
-        raise ConfigError(f"{CLUSTER_ENV}={cluster!r}: choose slurm, local or debug")
-    if cluster == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
-        raise ConfigError("--executor slurm: no `sbatch`/`srun` on PATH; submit from a Slurm login node "
-                          f"(or set {CLUSTER_ENV}=local to try submitit's local executor)")
-    launcher(suite, options)  # bad --time etc.: exit 2 now
-    _suite = suite
-
-
 def _link_logs(folder: Path) -> None:
     """Link this task's scheduler stdout/stderr into its run folder (beside log.txt)."""
-    import submitit
+    import submitit  # the optional extra (pip install -e ".[slurm]")
 
     try:
         env = submitit.JobEnvironment()
@@ -69,7 +57,7 @@ def _link_logs(folder: Path) -> None:
 
 
 def _task_class() -> type:
-    import submitit
+    import submitit  # the optional extra
 
     class SlurmTask(submitit.helpers.Checkpointable):
         """One array task; ``checkpoint`` (inherited) requeues it with the same job on preemption."""
@@ -101,15 +89,36 @@ def parameters(cfg: LauncherConfig, jobs: list[Job], name: str) -> dict[str, Any
     return params
 
 
-def run(jobs: list[Job], options: ExecutorOptions) -> list[JobResult] | None:
-    import submitit
+class SlurmBackend:
+    on_this_machine = False
+    in_process = False
+    job_fields: dict[str, Any] = {"progress": False}
 
-    assert _suite is not None, "check() first"
-    cfg = launcher(_suite, options)
-    folder = ensure_dir(_suite.dir / ".slurm")
+    def __init__(self, options: ExecutorOptions, *, fail_fast: bool = False) -> None:
+        self.options = options
+
+    def check(self, suite: SuiteConfig, planned: list[Planned]) -> None:
+        cluster = _cluster()
+        if cluster not in ("slurm", "local", "debug"):
+            raise ConfigError(f"{CLUSTER_ENV}={cluster!r}: choose slurm, local or debug")
+        if cluster == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+            raise ConfigError("--executor slurm: no `sbatch`/`srun` on PATH; submit from a Slurm login node "
+                              f"(or set {CLUSTER_ENV}=local to try submitit's local executor)")
+        launcher(suite, self.options)  # bad --time etc.: exit 2 now
+
+    def run(self, suite: SuiteConfig, jobs: list[Job]) -> list[JobResult] | None:
+        return run(suite, jobs, self.options)
+
+
+def run(suite: SuiteConfig, jobs: list[Job], options: ExecutorOptions) -> list[JobResult] | None:
+    """Submit the jobs as one array; follow them (their results) unless ``--no-wait`` (None)."""
+    import submitit  # the optional extra
+
+    cfg = launcher(suite, options)
+    folder = ensure_dir(suite.dir / ".slurm")
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=_cluster(), slurm_max_num_timeout=cfg.max_requeues,
                                      local_max_num_timeout=cfg.max_requeues)
-    params = parameters(cfg, jobs, _suite.name)
+    params = parameters(cfg, jobs, suite.name)
     if _cluster() != "slurm":
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     executor.update_parameters(**params)

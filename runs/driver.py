@@ -1,0 +1,159 @@
+"""The one suite driver: ``python -m runs run`` under every executor.
+
+Order of work in :func:`run_suite`, the same for serial, local, Ray and Slurm:
+
+1. plan: decide every selected run's state from its folder and refuse changed ones unless asked to
+   re-run them (:mod:`runs.planning`); refuse ``--rerun-*`` on folders a live worker holds;
+2. check: the machine facts of every run that will start when its job runs on this machine
+   (:mod:`runs.machine`), then the backend's own checks (GPU count, cluster address, ``--time``)
+   — so a refusal or a missing dataset stops the suite before anything ran (exit 2);
+3. write ``.probe`` (every job checks it sees the driver's output folder) and ``.plan.json``
+   (:mod:`runs.status`), account the runs skipped as finished / failed earlier;
+4. hand the startable jobs to the backend (:mod:`runs.executors`); a run that raises is marked
+   failed and the suite goes on (``--fail-fast`` stops a serial suite);
+5. write the suite outputs (:func:`write_suite_outputs`): ``results.md`` / ``.csv`` / plots with rows
+   in suite order and the suite-level W&B run (``suite_run.json``). With ``--no-wait`` they are
+   left to the next ``run`` or ``report`` (``.plan.json`` marks them pending).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import SuiteConfig
+from .executors import ExecutorOptions, Job, JobResult, absolute, backend, write_probe
+from .machine import preflight
+from .planning import STARTABLE, Planned, plan, refuse_locked
+from .report import load_run_records, write_results
+from .runkey import RunKey, keys_of
+from .share import log_suite_run
+from .status import read_plan, set_outputs_pending, write_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SuiteOutcome:
+    """What a suite invocation did; ``exit_code`` follows the exit-code table of ``python -m runs --help``."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)  # the suite table's records
+    finished: list[str] = field(default_factory=list)  # run ids finished by this invocation
+    skipped: list[str] = field(default_factory=list)  # finished earlier
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run id, reason with log path)
+    busy: list[str] = field(default_factory=list)  # locked by a live worker of another invocation: skipped
+    submitted: bool = False  # --no-wait: jobs handed to the scheduler, not followed
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def run_suite(suite: SuiteConfig, options: ExecutorOptions | None = None, *, online: bool = False,
+              only: list[str] | None = None, rerun_changed: bool = False, rerun_failed: bool = False,
+              fail_fast: bool = False, verbose: bool = False) -> SuiteOutcome:
+    """Run every selected (run, seed) not finished yet with ``options.executor`` (default: serial),
+    then write the suite outputs.
+
+    Refusals and machine problems raise before any work (:class:`runs.errors.RefusedError`,
+    :class:`runs.errors.MachineError`, :class:`runs.config.ConfigError`); a failing run is marked and
+    the others go on unless ``fail_fast``.
+    """
+    options = options or ExecutorOptions()
+    runner = backend(options, fail_fast=fail_fast)
+    if not runner.in_process:
+        suite = absolute(suite)  # workers may start in another directory
+    planned = plan(suite, only, rerun_changed=rerun_changed, rerun_failed=rerun_failed,
+                   compare_machine=runner.on_this_machine)
+    refuse_locked(suite, planned)
+    if runner.on_this_machine:
+        preflight(suite, planned)
+    runner.check(suite, planned)  # e.g. GPU count, Ray address: before anything is written
+    mode = "online" if online else suite.wandb.mode
+    pending = bool((read_plan(suite.dir) or {}).get("outputs_pending"))  # left by a --no-wait invocation
+    probe = write_probe(suite)
+    write_plan(suite, only, keys=[p.key for p in planned], mode=mode, pending=pending or not options.wait)
+    outcome = SuiteOutcome()
+    account_skips(outcome, planned)
+    jobs = [Job(suite, p.run, p.seed, p.action, probe=probe, online=online, verbose=verbose, key=p.key,
+                **runner.job_fields) for p in planned if p.action in STARTABLE]
+    results = runner.run(suite, jobs) if jobs else []
+    if results is None:  # submitted, not followed (--no-wait)
+        outcome.submitted = True
+        return outcome
+    collect(outcome, results)
+    outcome.records = suite_records(suite)
+    if outcome.records:
+        write_suite_outputs(suite.dir, outcome.records, suite=suite.name, order=[r.name for r in suite.runs],
+                            wandb=dataclasses.asdict(suite.wandb), mode=mode,
+                            log_run=bool(outcome.finished or outcome.failed or pending))
+    return outcome
+
+
+def account_skips(outcome: SuiteOutcome, planned: list[Planned]) -> None:
+    """Runs finished earlier are skipped; runs failed earlier are listed as failed (exit 1)."""
+    for item in planned:
+        if item.action == "skip-finished":
+            log.info("%s: finished earlier with the same config, skipped", item.key.id)
+            outcome.skipped.append(item.key.id)
+        elif item.action == "skip-failed":
+            reason = (item.state.record or {}).get("reason", "?")
+            outcome.failed.append((item.key.id, f"failed earlier: {reason} (log: {item.key.folder / 'log.txt'}; "
+                                                f"--rerun-failed restarts it)"))
+
+
+def collect(outcome: SuiteOutcome, results: list[JobResult]) -> None:
+    for result in results:
+        if result.status == "finished":
+            outcome.finished.append(result.run_id)
+        elif result.status == "skipped":
+            outcome.skipped.append(result.run_id)
+        elif result.status == "busy":
+            outcome.busy.append(result.run_id)
+            log.info("%s", result.reason)
+        else:
+            outcome.failed.append((result.run_id, result.reason))
+
+
+def suite_records(suite: SuiteConfig, keys: list[RunKey] | None = None) -> list[dict[str, Any]]:
+    """The live records of the suite's (run, seed)s whose fingerprint matches the suite: each once, in
+    suite order."""
+    keys = keys if keys is not None else keys_of(suite)
+    wanted = {(key.id, key.fingerprint) for key in keys}
+    order = {key.id: i for i, key in enumerate(keys)}
+    records = [r for r in load_run_records(suite.dir) if (r.get("run_id"), r.get("fingerprint")) in wanted]
+    return sorted(records, key=lambda r: order[r["run_id"]])
+
+
+def write_suite_outputs(suite_dir: Path, records: list[dict[str, Any]], *, suite: str, order: Sequence[str] | None,
+                        wandb: dict[str, Any], mode: str, log_run: bool) -> dict[str, Path]:
+    """``results.md`` / ``.csv``, ``runs.csv``, plots (rows in ``order``) and, when ``log_run`` and W&B
+    is not disabled, the suite-level W&B run (``suite_run.json``); clears the pending mark."""
+    paths = write_results(records, suite_dir, suite=suite, run_order=order)
+    if mode != "disabled" and log_run:
+        log_suite_run(suite_dir, records, wandb, mode, suite=suite, run_order=order)
+    set_outputs_pending(suite_dir, False)
+    return paths
+
+
+def report_suite(suite_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Path], list[str] | None]:
+    """``python -m runs report``: rebuild the suite outputs from the run folders (records, written
+    files, run order). The run order and W&B block come from ``.plan.json`` when present; the
+    suite-level W&B run is logged when a ``--no-wait`` invocation left it pending."""
+    records = load_run_records(suite_dir)
+    plan_file = read_plan(suite_dir) or {}
+    order = plan_file.get("order")
+    if not records:
+        return records, {}, order
+    wandb = {k: v for k, v in (plan_file.get("wandb") or {}).items() if k != "mode"}
+    paths = write_suite_outputs(suite_dir, records, suite=plan_file.get("suite") or Path(suite_dir).name,
+                                order=order, wandb=wandb, mode=plan_file.get("mode", "disabled"),
+                                log_run=bool(plan_file.get("outputs_pending")))
+    return records, paths, order
+
+
+__all__ = ["SuiteOutcome", "report_suite", "run_suite", "suite_records", "write_suite_outputs"]
