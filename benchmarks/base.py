@@ -28,6 +28,7 @@ class CLIPBenchmark:
     protocol: Protocol = "seen"
     experience_names: list[str] = field(default_factory=list)  # e.g. MTIL dataset names
     train_prompts: list[list[str]] | None = None  # global class id -> training prompts (None: class_prompts)
+    omitted_experiences: list[str] = field(default_factory=list)  # left out by a selection (MTIL datasets)
 
     def __post_init__(self) -> None:
         if self.train_prompts is None:

@@ -1,9 +1,16 @@
-"""What of a stream's data is on disk: present / missing / corrupt rows for ``runs data check``.
+"""What of a stream's data is on disk, for ``runs data check`` and a run's provenance.
 
-Statuses: ``present``; ``incomplete`` (fewer files than the official release — a subset or an
-interrupted extraction; runs still work on what is there); ``missing``; ``corrupt`` (does not decode
-or parse). ``check_stream(name, data_root)`` only lists folders, counts files, reads small annotation files
-and decodes two images per dataset (the first and one drawn with a fixed seed); it never downloads.
+Rows (one per file or folder checked): ``present``; ``incomplete`` (fewer files or samples than the
+official release — a subset or an interrupted extraction; runs still work on what is there);
+``missing``; ``corrupt`` (does not decode or parse). Per dataset, a verdict (:func:`dataset_verdicts`):
+**complete** (every row present: the official split sizes), **subset** (readable but smaller, e.g. the
+folders of ``../shared/data``: a run is allowed and marked so in its provenance and the results table),
+**missing** or **corrupt**.
+
+``check_stream(name, data_root, cfg)`` follows the stream's options (MTIL: its order and ``datasets``
+selection); it only lists folders, counts files, reads small annotation files / headers and decodes two
+images per dataset (the first and one drawn with a fixed seed); it never downloads. A relative
+``data_root`` is relative to the working directory (:func:`resolve_root`), like ``output_dir``.
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Status = Literal["present", "incomplete", "missing", "corrupt"]
+Verdict = Literal["complete", "subset", "missing", "corrupt"]
+VERDICTS: tuple[Verdict, ...] = ("complete", "subset", "missing", "corrupt")  # in increasing severity
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -44,16 +53,20 @@ def _image_files(folder: str) -> list[str]:
     return sorted(found)
 
 
-def check_images(dataset: str, folder: str, expected: int | None) -> list[CheckLine]:
-    """Rows for an image folder: missing, count vs expected, and whether two images decode."""
+def check_images(dataset: str, folder: str, expected: int | None, exclude: tuple[str, ...] = ()) -> list[CheckLine]:
+    """Rows for an image folder: missing, count vs expected, and whether two images decode.
+
+    ``exclude``: top-level sub-folders not counted (Caltech101's ``BACKGROUND_Google``).
+    """
     if not os.path.isdir(folder):
         return [CheckLine(dataset, folder, "missing", "folder absent")]
-    files = _image_files(folder)
+    skip = tuple(os.path.join(folder, name) + os.sep for name in exclude)
+    files = [f for f in _image_files(folder) if not f.startswith(skip)]
     if not files:
         return [CheckLine(dataset, folder, "missing", "no image files")]
     count = f"{len(files)} images" + (f" (expected {expected})" if expected else "")
     # fewer files than the official release: a subset (e.g. ../shared/data) or an interrupted extraction
-    status: Status = "present" if expected in (None, len(files)) else "incomplete"
+    status: Status = "present" if expected is None or len(files) >= expected else "incomplete"
     rows = [CheckLine(dataset, folder, status, count)]
     for path in dict.fromkeys([files[0], random.Random(0).choice(files)]):
         err = _decode(path)
@@ -78,9 +91,18 @@ def _count_lines(path: str) -> int:
         return sum(1 for line in f if line.strip())
 
 
+CIFAR_IMAGE_BYTES = 3072  # one 32x32 RGB image in the python pickles
+CIFAR_SIZES = {"train": 50_000, "test": 10_000}
+
+
 def check_cifar100(root: str, dataset: str = "CIFAR100") -> list[CheckLine]:
     rows = check_files(dataset, os.path.join(root, "cifar-100-python"), ["train", "test", "meta"])
     if all(r.status == "present" for r in rows):
+        for split, n in CIFAR_SIZES.items():  # the pixels alone of n images take n * 3072 bytes
+            size = os.path.getsize(os.path.join(root, "cifar-100-python", split))
+            status: Status = "present" if size >= n * CIFAR_IMAGE_BYTES else "incomplete"
+            rows.append(CheckLine(dataset, f"{split} images", status,
+                                  f"{size} bytes (>= {n * CIFAR_IMAGE_BYTES} for {n} images)"))
         import pickle
 
         try:
@@ -127,7 +149,7 @@ _MTIL_LAYOUT: dict[str, tuple[str, int | None, list[str]]] = {
                  ["fgvc-aircraft-2013b/data/variants.txt",
                   "fgvc-aircraft-2013b/data/images_variant_trainval.txt",
                   "fgvc-aircraft-2013b/data/images_variant_test.txt"]),
-    "Caltech101": ("caltech101/101_ObjectCategories", None, []),
+    "Caltech101": ("caltech101/101_ObjectCategories", 8_677, []),  # without BACKGROUND_Google
     "DTD": ("dtd/dtd/images", 5_640, ["dtd/dtd/labels/train1.txt", "dtd/dtd/labels/test1.txt"]),
     "EuroSAT": ("eurosat/2750", 27_000, []),
     "Flowers102": ("flowers-102/jpg", 8_189, ["flowers-102/imagelabels.mat", "flowers-102/setid.mat"]),
@@ -141,6 +163,32 @@ _MTIL_LAYOUT: dict[str, tuple[str, int | None, list[str]]] = {
 }
 _MNIST_FILES = [f"MNIST/raw/{p}-{k}" for p in ("train", "t10k")
                 for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+_MNIST_SIZES = {"train": 60_000, "t10k": 10_000}
+_IDX_MAGIC = {"images-idx3-ubyte": 2051, "labels-idx1-ubyte": 2049}
+_IDX_BYTES = {"images-idx3-ubyte": (16, 28 * 28), "labels-idx1-ubyte": (8, 1)}  # (header, bytes per sample)
+
+
+def check_mnist(root: str, dataset: str = "mtil/MNIST") -> list[CheckLine]:
+    """Required idx files, then each file's sample count from its big-endian header."""
+    rows = check_files(dataset, root, _MNIST_FILES)
+    for row, rel in zip(list(rows), _MNIST_FILES, strict=True):
+        if row.status != "present":
+            continue
+        prefix, kind = os.path.basename(rel).split("-", 1)
+        with open(row.item, "rb") as f:
+            header = f.read(8)
+        magic, n = (int.from_bytes(header[i:i + 4], "big") for i in (0, 4)) if len(header) == 8 else (0, 0)
+        expected = _MNIST_SIZES[prefix]
+        header_bytes, per_sample = _IDX_BYTES[kind]
+        if magic != _IDX_MAGIC[kind]:
+            rows.append(CheckLine(dataset, rel, "corrupt", f"not an idx file (magic {magic})"))
+        elif os.path.getsize(row.item) < header_bytes + n * per_sample:
+            rows.append(CheckLine(dataset, rel, "corrupt", f"truncated: {n} samples declared, "
+                                                           f"{os.path.getsize(row.item)} bytes"))
+        else:
+            rows.append(CheckLine(dataset, rel, "present" if n >= expected else "incomplete",
+                                  f"{n} samples (expected {expected})"))
+    return rows
 
 
 def check_mtil_dataset(name: str, root: str) -> list[CheckLine]:
@@ -149,36 +197,107 @@ def check_mtil_dataset(name: str, root: str) -> list[CheckLine]:
     if name == "CIFAR100":
         return check_cifar100(root, ds)
     if name == "MNIST":
-        return check_files(ds, root, _MNIST_FILES)
+        return check_mnist(root, ds)
     folder, expected, files = _MTIL_LAYOUT[name]
     rows = check_files(ds, root, files)
-    img_rows = check_images(ds, os.path.join(root, folder), expected)
+    img_rows = check_images(ds, os.path.join(root, folder), expected,
+                            exclude=("BACKGROUND_Google",) if name == "Caltech101" else ())
     if name == "Caltech101" and os.path.isdir(os.path.join(root, folder)):
         n = len([d for d in os.listdir(os.path.join(root, folder)) if d != "BACKGROUND_Google"])
         rows.append(CheckLine(ds, "categories", "present" if n == 101 else "corrupt", f"{n} (expected 101)"))
     return rows + img_rows
 
 
-def check_stream(name: str, data_root: str) -> list[CheckLine]:
-    """Present / missing / corrupt rows for every dataset a stream reads."""
-    from .mtil import ORDER_I
+def resolve_root(data_root: str | os.PathLike[str]) -> str:
+    """The absolute data root: a relative ``data_root`` is relative to the working directory."""
+    return os.path.abspath(os.path.expanduser(os.fspath(data_root)))
 
-    if name == "split_cifar100":
-        return check_cifar100(data_root)
-    if name == "split_tinyimagenet":
-        return check_tinyimagenet(data_root)
-    if name == "split_imagenet_r":
-        return check_imagenet_r(data_root)
+
+def stream_datasets(name: str, cfg: Any = None) -> list[str]:
+    """The datasets a stream reads, in its order (MTIL: the order's selected datasets)."""
     if name == "mtil":
-        return [row for ds in ORDER_I for row in check_mtil_dataset(ds, data_root)]
-    if name == "synthetic":
-        return [CheckLine("synthetic", "-", "present", "generated in memory, no files")]
-    raise ValueError(f"unknown stream {name!r}; known: split_cifar100, split_tinyimagenet, split_imagenet_r, "
-                     f"mtil, synthetic")
+        from .mtil import MTILConfig
+        from .mtil import stream_datasets as mtil_datasets
+
+        return [f"mtil/{ds}" for ds in mtil_datasets(cfg if cfg is not None else MTILConfig())[0]]
+    names = {"split_cifar100": "CIFAR100", "split_tinyimagenet": "TinyImageNet",
+             "split_imagenet_r": "ImageNet-R", "synthetic": "synthetic"}
+    if name not in names:
+        raise ValueError(f"unknown stream {name!r}; known: split_cifar100, split_tinyimagenet, "
+                         f"split_imagenet_r, mtil, synthetic")
+    return [names[name]]
 
 
-def format_report(lines: list[CheckLine]) -> str:
-    """The rows as an aligned text table, with a one-line summary at the end."""
+def check_dataset(dataset: str, data_root: str) -> list[CheckLine]:
+    """Rows for one dataset as :func:`stream_datasets` names it (``CIFAR100``, ``mtil/EuroSAT``, ...)."""
+    if dataset.startswith("mtil/"):
+        return check_mtil_dataset(dataset.removeprefix("mtil/"), data_root)
+    checks = {"CIFAR100": check_cifar100, "TinyImageNet": check_tinyimagenet, "ImageNet-R": check_imagenet_r}
+    if dataset in checks:
+        return checks[dataset](data_root)
+    return [CheckLine("synthetic", "-", "present", "generated in memory, no files")]
+
+
+def check_stream(name: str, data_root: str, cfg: Any = None) -> list[CheckLine]:
+    """Present / incomplete / missing / corrupt rows for every dataset the stream reads.
+
+    ``cfg``: the stream's options (MTIL: ``order`` and ``datasets`` say which datasets, in which
+    order); ``None``: the stream's defaults.
+    """
+    return [row for ds in stream_datasets(name, cfg) for row in check_dataset(ds, data_root)]
+
+
+def verdict_of(rows: list[CheckLine]) -> Verdict:
+    """complete (all present), subset (some incomplete, none missing or corrupt), missing, corrupt."""
+    statuses = {r.status for r in rows}
+    if "corrupt" in statuses:
+        return "corrupt"
+    if "missing" in statuses or not rows:
+        return "missing"
+    return "subset" if "incomplete" in statuses else "complete"
+
+
+def dataset_verdicts(lines: list[CheckLine]) -> dict[str, Verdict]:
+    """``{dataset: verdict}`` in the order the datasets were checked."""
+    by_dataset: dict[str, list[CheckLine]] = {}
+    for line in lines:
+        by_dataset.setdefault(line.dataset, []).append(line)
+    return {ds: verdict_of(rows) for ds, rows in by_dataset.items()}
+
+
+def overall_verdict(verdicts: dict[str, Verdict]) -> Verdict:
+    """The most severe dataset verdict (corrupt > missing > subset > complete)."""
+    return max(verdicts.values(), key=VERDICTS.index, default="missing")
+
+
+def data_summary(name: str, data_root: str, cfg: Any = None) -> dict[str, Any]:
+    """What a run's provenance records of its data: resolved root, overall and per-dataset verdicts."""
+    verdicts = dataset_verdicts(check_stream(name, data_root, cfg))
+    return {"root": resolve_root(data_root), "status": overall_verdict(verdicts), "datasets": verdicts}
+
+
+_VERDICT_NOTES: dict[str, str] = {
+    "complete": "official split sizes",
+    "subset": "readable but smaller than the official splits; runs are allowed, marked 'subset', and "
+              "not comparable with published numbers",
+    "missing": "not usable: see `python -m runs data download`",
+    "corrupt": "not usable: re-extract or re-download it",
+}
+
+
+def _verdict_detail(rows: list[CheckLine], verdict: Verdict) -> str:
+    wanted: dict[Verdict, Status] = {"subset": "incomplete", "missing": "missing", "corrupt": "corrupt"}
+    if verdict == "complete":
+        return _VERDICT_NOTES["complete"]
+    first = next(r for r in rows if r.status == wanted[verdict])
+    return first.detail if verdict == "subset" else f"{first.item}: {first.detail}"
+
+
+def format_report(lines: list[CheckLine], data_root: str | None = None) -> str:
+    """The rows as an aligned text table, a one-line count of row statuses, and one verdict per dataset.
+
+    With ``data_root``, a first line names the resolved folder checked.
+    """
     widths = [max([len(h)] + [len(str(getattr(r, h))) for r in lines]) for h in ("dataset", "item", "status")]
     header = "  ".join(h.ljust(w) for h, w in zip(("dataset", "item", "status"), widths, strict=True)) + "  detail"
     rows = [
@@ -188,4 +307,12 @@ def format_report(lines: list[CheckLine]) -> str:
     ]
     counts = {s: sum(r.status == s for r in lines) for s in ("present", "incomplete", "missing", "corrupt")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    return "\n".join([header, *rows, "", summary])
+    verdicts = dataset_verdicts(lines)
+    width = max((len(ds) for ds in verdicts), default=0)
+    verdict_lines = [f"{ds.ljust(width)}  {v.ljust(8)}  "
+                     f"{_verdict_detail([r for r in lines if r.dataset == ds], v)}" for ds, v in verdicts.items()]
+    overall = overall_verdict(verdicts)
+    top = [f"data root: {resolve_root(data_root)}" + (f" (given as {data_root})" if not os.path.isabs(data_root)
+                                                      else ""), ""] if data_root is not None else []
+    return "\n".join([*top, header, *rows, "", summary, "", *verdict_lines, "",
+                      f"stream data: {overall} ({_VERDICT_NOTES[overall]})"])

@@ -13,7 +13,11 @@ have none: a random 80/20 split with seed 42, stratified by class (per class, in
 ``torch.randperm`` from one ``torch.Generator().manual_seed(42)``; the first ``int(0.8 n_c)`` train).
 ``shots=k`` keeps k training images per class (the first k, or k drawn with ``shot_seed``).
 
-Datasets are opened only when they are in the order, and only their annotation files / folder
+``datasets=[...]`` keeps only those datasets of the order, in the order's sequence (a subset while the
+others download); a per-dataset lr table (``train.lr_by_experience``) may still name the others, whose
+entries are then unused (``CLIPBenchmark.omitted_experiences``).
+
+Datasets are opened only when they are selected, and only their annotation files / folder
 listings are read at build time; image bytes are read when a sample is indexed.
 """
 
@@ -265,6 +269,9 @@ class MTILConfig:
                                   "templates")
     eval_templates: str = option("all", "evaluation / prototype prompts per dataset: \"all\" (official) or "
                                  "\"first\"")
+    datasets: list[str] | None = option(
+        None, "only these datasets of the order, kept in the order's sequence (e.g. [EuroSAT, Caltech101] "
+              "while the others download); the lr table's entries of the others are unused; None: all")
 
 
 def resolve_order(order: str | list[str]) -> list[str]:
@@ -277,6 +284,29 @@ def resolve_order(order: str | list[str]) -> list[str]:
         raise ValueError(f"mtil: order has unknown or repeated datasets {unknown or names}; "
                          f"known: {sorted(LOADERS)}")
     return list(names)
+
+
+def select_datasets(order: list[str], datasets: list[str] | None) -> list[str]:
+    """The datasets of ``order`` named in ``datasets``, in the order's sequence (``None``: all of them)."""
+    if datasets is None:
+        return list(order)
+    if not isinstance(datasets, list) or not datasets:
+        raise ValueError(f"datasets = {datasets!r}: must be a non-empty list of dataset names of the order, "
+                         f"or null for all; allowed: {', '.join(order)}")
+    unknown = [n for n in datasets if n not in order]
+    if unknown:
+        raise ValueError(f"datasets = {datasets!r}: {', '.join(map(repr, unknown))} not in the order; "
+                         f"allowed: {', '.join(order)}")
+    if len(set(datasets)) != len(datasets):
+        raise ValueError(f"datasets = {datasets!r}: a dataset is named twice")
+    return [name for name in order if name in datasets]
+
+
+def stream_datasets(cfg: MTILConfig) -> tuple[list[str], list[str]]:
+    """(selected datasets in the order's sequence, the order's datasets the selection leaves out)."""
+    order = resolve_order(cfg.order)
+    selected = select_datasets(order, cfg.datasets)
+    return selected, [name for name in order if name not in selected]
 
 
 def select_shots(targets: list[int], shots: int, seed: int | None) -> list[int]:
@@ -307,8 +337,8 @@ def load_source(name: str, root: str, download: bool, split_seed: int) -> Source
 
 
 def check_mtil(cfg: MTILConfig) -> list[str]:
-    """What can be checked without data (order, shots); returns the dataset order."""
-    order = resolve_order(cfg.order)
+    """What can be checked without data (order, selection, shots); returns the selected datasets in order."""
+    order, _ = stream_datasets(cfg)
     if cfg.shots is not None and (not isinstance(cfg.shots, int) or cfg.shots <= 0):
         raise ValueError(f"mtil: shots={cfg.shots!r} must be a positive int or None")
     check_mtil_choice(cfg.train_templates, "mtil: train_templates")
@@ -321,6 +351,7 @@ def build_mtil(cfg: MTILConfig, ctx: StreamContext) -> CLIPBenchmark:
     from avalanche.benchmarks import nc_benchmark
 
     order = check_mtil(cfg)
+    omitted = stream_datasets(cfg)[1]
     trains, tests, names, prompts, train_prompts, exp_classes = [], [], [], [], [], []
     for name in order:
         src = load_source(name, ctx.data_root, ctx.download, cfg.split_seed)
@@ -349,5 +380,5 @@ def build_mtil(cfg: MTILConfig, ctx: StreamContext) -> CLIPBenchmark:
                                       f"is incomplete")
     bench = CLIPBenchmark(name="mtil", scenario=scenario, class_names=names, class_prompts=prompts,
                           experience_classes=exp_classes, protocol="task", experience_names=list(order),
-                          train_prompts=train_prompts)
+                          train_prompts=train_prompts, omitted_experiences=omitted)
     return bench

@@ -56,7 +56,7 @@ def _check_precision(run: RunConfig) -> list[str]:
 def _check_data(run: RunConfig) -> list[str]:
     assert run.stream is not None
     try:
-        lines = check_stream(run.stream.name, run.data_root)
+        lines = check_stream(run.stream.name, run.data_root, run.stream.cfg)  # MTIL: its order and selection
     except ValueError:
         return []
     bad = [line for line in lines if line.status in ("missing", "corrupt")]

@@ -55,6 +55,10 @@ METRICS: tuple[tuple[str, str], ...] = (
 _REQUIRED = ("run_id", "name", "stream", "metrics")
 _FAILED_REQUIRED = ("run_id", "name")
 ZERO_SHOT_METHODS = ("zeroshot",)
+SUBSET_DATA_NOTE = (
+    "Note: runs marked `(subset)` ({names}) read a subset of the official data (provenance `data`); "
+    "their numbers are not comparable with published ones."
+)
 RANDOM_WEIGHTS_NOTE = (
     "Note: runs marked `pretrained: none` ({names}) use random-init/tiny models; "
     "their numbers check the pipeline and are not paper results."
@@ -187,6 +191,12 @@ def reference_of(record: Mapping[str, Any]) -> str | None:
     return str(key) if key else None
 
 
+def is_subset_data(record: Mapping[str, Any]) -> bool:
+    """The run read a subset of the official data (its provenance's ``data.status``)."""
+    data = (record.get("provenance") or {}).get("data") or {}
+    return isinstance(data, Mapping) and data.get("status") == "subset"
+
+
 def is_random_weights(record: Mapping[str, Any]) -> bool:
     config = record.get("config")
     pretrained = record.get("pretrained")
@@ -267,6 +277,7 @@ def _summary(name: str, stream: str, runs: list[dict[str, Any]]) -> dict[str, An
         "protocol": first.get("protocol"), "pretrained": _model_field(first, "pretrained"),
         "arch": _model_field(first, "arch"),
         "reference": reference_of(first), "random_weights": any(is_random_weights(r) for r in runs),
+        "subset_data": any(is_subset_data(r) for r in done),
         "seeds": [run.get("seed") for run in done], "n_seeds": len(done),
         "failed_seeds": [run.get("seed") for run in runs if not is_finished(run)],
         "wall_time_s": _mean_std([run.get("wall_time_s") for run in done])[0], "records": runs,
@@ -318,7 +329,8 @@ def table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[lis
     header = ["Run", "Method", "Stream", "Model", "Seeds", *[title for _, title in metrics]]
     rows = []
     for s in summaries:
-        cells = [s["name"], str(s["method"]), s["stream"], _model_cell(s), _seeds_cell(s)]
+        stream = f"{s['stream']} (subset)" if s["subset_data"] else s["stream"]
+        cells = [s["name"], str(s["method"]), stream, _model_cell(s), _seeds_cell(s)]
         if not s["n_seeds"]:
             cells += ["failed"] * len(metrics)
         else:
@@ -373,6 +385,9 @@ def _notes(summaries: Sequence[dict[str, Any]]) -> list[str]:
                      "(see their failed.json).")
     protocols = [p for p in METRIC_DEFINITIONS if any(s["protocol"] == p for s in summaries)]
     notes += [METRIC_DEFINITIONS[p] for p in protocols] + [STATS_NOTE]
+    subset = [f"{s['name']} on {s['stream']}" for s in summaries if s["subset_data"]]
+    if subset:
+        notes.append(SUBSET_DATA_NOTE.format(names=", ".join(subset)))
     random_init = [f"{s['name']} on {s['stream']}" for s in summaries if s["random_weights"]]
     if random_init:
         notes.append(RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_init)))
@@ -405,7 +420,7 @@ def _csv_text(columns: list[str], rows: Iterable[Mapping[str, Any]]) -> str:
 def _group_csv(summaries: list[dict[str, Any]]) -> str:
     columns = ["name", "method", "stream", "protocol", "arch", "pretrained", "n_seeds", "seeds", "n_failed",
                "reference"]
-    columns += [f"{key}_{stat}" for key, _ in METRICS for stat in ("mean", "std")] + ["wall_time_s"]
+    columns += [f"{key}_{stat}" for key, _ in METRICS for stat in ("mean", "std")] + ["wall_time_s", "subset_data"]
     rows = [{**s, "seeds": " ".join(str(seed) for seed in s["seeds"])} for s in summaries]
     return _csv_text(columns, rows)
 

@@ -129,7 +129,7 @@ class RunSession:
         )
         plugins = [
             LabelSpacePlugin(self.benchmark, label_space, run.eval.task_aware),
-            RecipePlugin(run.train, self.benchmark.experience_names),
+            RecipePlugin(run.train, self.benchmark.experience_names, self.benchmark.omitted_experiences),
             FiniteGuard(self.run_id),
             *([ProgressPlugin(self.run_id, self.benchmark.n_experiences)] if self.progress else []),
         ]

@@ -1,0 +1,112 @@
+"""``python -m runs data {check,download} STREAM|SUITE.yaml [--data-root DIR] [--order O] [--datasets A,B]``.
+
+A stream name checks / fetches that stream's datasets under ``--data-root`` (default ``data``); MTIL
+follows ``--order`` and ``--datasets`` like the suite options ``stream.order`` / ``stream.datasets``.
+A suite YAML does so for each of its runs' streams, with their options and ``data_root`` (unless
+``--data-root`` is given). A relative data root is relative to the working directory, like
+``output_dir``; both commands print the resolved folder. Exit codes: 0 every dataset usable
+(complete or subset), 1 some missing or corrupt, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_ROOT = "data"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments ``data check`` and ``data download`` share."""
+    parser.add_argument("stream", help="stream name (e.g. mtil, split_tinyimagenet) or a suite YAML")
+    parser.add_argument("--data-root", default=None,
+                        help=f"folder holding the datasets, relative to the working directory (default: "
+                             f"{DEFAULT_ROOT}; for a suite, each run's data_root)")
+    parser.add_argument("--order", default=None, help="mtil: I, II or comma-separated dataset names (default: I)")
+    parser.add_argument("--datasets", default=None,
+                        help="mtil: only these datasets of the order, comma-separated (e.g. EuroSAT,Caltech101)")
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _stream_target(args: argparse.Namespace) -> tuple[str, Any, str]:
+    """(stream, options, data root) of a stream name and the --order / --datasets flags."""
+    cfg = None
+    if args.order is not None or args.datasets is not None:
+        if args.stream != "mtil":
+            raise ValueError(f"--order / --datasets apply to the mtil stream only, not {args.stream!r}")
+        from benchmarks.mtil import MTILConfig, check_mtil
+
+        order = _names(args.order) or ["I"]
+        cfg = MTILConfig(order=order[0] if order in (["I"], ["II"]) else order, datasets=_names(args.datasets))
+        check_mtil(cfg)
+    from benchmarks.data_check import stream_datasets
+
+    stream_datasets(args.stream, cfg)  # an unknown stream name: ValueError
+    return args.stream, cfg, args.data_root or DEFAULT_ROOT
+
+
+def targets(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
+    """Distinct (stream, options, data root) to check: one for a stream name, one per distinct run of a suite."""
+    if not args.stream.endswith((".yaml", ".yml")):
+        return [_stream_target(args)]
+    if args.order is not None or args.datasets is not None:
+        raise ValueError("--order / --datasets apply to a stream name; a suite's runs give their own")
+    from benchmarks.data_check import stream_datasets
+
+    from .config import load_suite
+
+    suite = load_suite(args.stream)
+    found: dict[tuple[tuple[str, ...], str], tuple[str, Any, str]] = {}
+    for run in suite.runs:
+        assert run.stream is not None
+        root = args.data_root or run.data_root
+        key = (tuple(stream_datasets(run.stream.name, run.stream.cfg)), root)
+        found.setdefault(key, (run.stream.name, run.stream.cfg, root))
+    return list(found.values())
+
+
+def _title(stream: str, cfg: Any) -> str:
+    from benchmarks.data_check import stream_datasets
+
+    names = [n.removeprefix("mtil/") for n in stream_datasets(stream, cfg)]
+    return f"== stream {stream}: {', '.join(names)}"
+
+
+def check(args: argparse.Namespace) -> int:
+    from benchmarks.data_check import check_stream, format_report
+
+    try:
+        found = targets(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    ok = True
+    for stream, cfg, root in found:
+        lines = check_stream(stream, root, cfg)
+        if len(found) > 1 or cfg is not None:
+            print(_title(stream, cfg))
+        print(format_report(lines, root))
+        ok = ok and all(line.status in ("present", "incomplete") for line in lines)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def download(args: argparse.Namespace) -> int:
+    from benchmarks.download import download_stream, format_downloads, usable
+
+    try:
+        found = targets(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    ok = True
+    for stream, cfg, root in found:
+        print(_title(stream, cfg))
+        results = download_stream(stream, root, cfg)
+        print(format_downloads(results, root))
+        ok = ok and usable(results)
+    return EXIT_OK if ok else EXIT_FAILED
