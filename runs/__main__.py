@@ -54,9 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     _suite_options(status)
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    check = data_sub.add_parser("check", help="report what is present, missing or corrupt for a stream")
-    check.add_argument("stream", help="stream name, e.g. split_tinyimagenet")
-    check.add_argument("--data-root", default="data", help="folder holding the datasets (default: data)")
+    check = data_sub.add_parser("check", help="per dataset of a stream: complete, subset, missing or corrupt")
+    download = data_sub.add_parser("download", help="fetch a stream's datasets where torchvision can; print "
+                                                    "source and layout of the others")
+    from .data_command import add_arguments
+
+    add_arguments(check)
+    add_arguments(download)
     bench = sub.add_parser("bench", help="speed/memory benchmarks (they print figures)")
     bench.add_argument("what", choices=["mozo", "mozo-align", "zo-precision", "condu", "condu-storage"],
                        help="which benchmark")
@@ -196,15 +200,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from benchmarks.data_check import check_stream, format_report
+    from .data_command import check, download
 
-    try:
-        lines = check_stream(args.stream, args.data_root)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(format_report(lines))
-    return EXIT_OK if all(line.status in ("present", "incomplete") for line in lines) else EXIT_FAILED
+    return check(args) if args.data_command == "check" else download(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -213,14 +213,18 @@ class LabelSpacePlugin(SupervisedPlugin):
 class RecipePlugin(SupervisedPlugin):
     """Trainable-only optimizer, fresh optimizer state and LR schedule per experience, iteration cap."""
 
-    def __init__(self, cfg: TrainConfig, experience_names: list[str] | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, experience_names: list[str] | None = None,
+                 omitted_experiences: list[str] | None = None) -> None:
+        """``omitted_experiences``: the stream's experiences a selection left out (``CLIPBenchmark``'s);
+        ``lr_by_experience`` may name them (a shipped per-dataset table), their entries are unused."""
         super().__init__()
         self.cfg = cfg
         self.experience_names = experience_names or []
-        unknown = sorted(set(cfg.lr_by_experience) - set(self.experience_names))
+        known = [*self.experience_names, *(omitted_experiences or [])]
+        unknown = sorted(set(cfg.lr_by_experience) - set(known))
         if unknown:
             raise ValueError(f"train.lr_by_experience: unknown experiences {unknown}; "
-                             f"allowed: {', '.join(self.experience_names)}")
+                             f"allowed: {', '.join(known)}")
         self.step = 0
         self.total = 0
         self.peak_lr = cfg.lr
