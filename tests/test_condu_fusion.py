@@ -1,4 +1,4 @@
-"""ConDU fusion and prototype maths (condu.md "Unify", "Decouple", "Prototypes", "Aggregated prediction")."""
+"""ConDU fusion and prototype maths (ConDU §3: unifying, decoupling, semantic prototypes, aggregated inference)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import torch.nn.functional as F
 
 from strategies.condu.fusion import (
     Trigger,
-    decouple,
     decouple_into,
+    decouple_reference,
     elect,
     merge_delta,
     pack_mask,
     storage_report,
     task_delta,
-    unify,
     unify_deltas,
+    unify_reference,
     unmerge_delta,
     unpack_mask,
 )
@@ -83,21 +83,21 @@ def test_hand_rescalers_and_decoupled_deltas(rescaler: str) -> None:
             assert torch.equal(trig.unpack(key), mask[key].bool())
     # δ̃¹ = 12/7·(0,0,0,3 | 0,-2), δ̃² = 11/3·(0,2,-1,0 | 0,0), δ̃³ = 8/11·(-4,2,0,3 | -1,0) for mean_abs
     for trig, mask, lam in zip(triggers, HAND_MASKS, HAND_RESCALERS[rescaler], strict=True):
-        tilde = decouple(unified, trig)
+        tilde = decouple_reference(unified, trig)
         for key in unified:
             expected = lam * mask[key] * HAND_UNIFIED[key]
             torch.testing.assert_close(tilde[key], expected.float(), rtol=1e-6, atol=0)
     if rescaler == "mean_abs":
-        torch.testing.assert_close(decouple(unified, triggers[0])["w"], T([0.0, 0, 0, 36 / 7]))
-        torch.testing.assert_close(decouple(unified, triggers[2])["b"], T([-8 / 11, 0.0]))
+        torch.testing.assert_close(decouple_reference(unified, triggers[0])["w"], T([0.0, 0, 0, 36 / 7]))
+        torch.testing.assert_close(decouple_reference(unified, triggers[2])["b"], T([-8 / 11, 0.0]))
 
 
 def test_zero_denominator_gives_unit_rescaler_and_zero_delta() -> None:
     # δ¹ = -1 loses to δ² = 5 (mean 2 > 0 → s = +1): M¹ = 0, Σ mean|M¹U| = 0 → λ1 = 1, δ̃¹ = 0.
     unified, triggers = unify_deltas([{"x": T([-1.0])}, {"x": T([5.0])}])
     assert triggers[0].rescaler == 1.0
-    assert torch.equal(decouple(unified, triggers[0])["x"], T([0.0]))
-    assert triggers[1].rescaler == 1.0 and torch.equal(decouple(unified, triggers[1])["x"], T([5.0]))
+    assert torch.equal(decouple_reference(unified, triggers[0])["x"], T([0.0]))
+    assert triggers[1].rescaler == 1.0 and torch.equal(decouple_reference(unified, triggers[1])["x"], T([5.0]))
 
 
 # --------------------------------------------------------------------------- session properties
@@ -148,7 +148,8 @@ def _l1(delta: dict[str, torch.Tensor]) -> float:
 def _check_session_properties(
     tilde: list[dict], inputs: list[dict], originals: list[dict], rescaler: str
 ) -> None:
-    """condu.md "Properties": signs kept, support shrinks, magnitude kept; `inputs` = the elected deltas."""
+    """Signs kept, support shrinks, magnitude kept (docs/methods/condu.md#properties-tested); `inputs` = the
+    elected deltas."""
     for i, (t_i, orig) in enumerate(zip(tilde, originals, strict=True)):
         for k in orig:
             assert bool((t_i[k] * orig[k] >= 0).all()), f"sign flipped, task {i} key {k}"
@@ -172,8 +173,8 @@ def test_sessions_properties_and_reference(rescaler: str) -> None:
     for session in range(6):
         new = _random_delta(gen, scale=0.5 + session)
         originals.append(new)
-        unified, triggers = unify(unified, triggers, new, rescaler=rescaler)
-        tilde = [decouple(unified, trig) for trig in triggers]
+        unified, triggers = unify_reference(unified, triggers, new, rescaler=rescaler)
+        tilde = [decouple_reference(unified, trig) for trig in triggers]
         assert len(triggers) == session + 1
         if session == 0:  # single task: exact
             assert triggers[0].rescaler == 1.0
@@ -194,9 +195,9 @@ def test_sessions_properties_and_reference(rescaler: str) -> None:
 def test_unify_is_lossy_but_old_support_shrinks_strictly_somewhere() -> None:
     gen = torch.Generator().manual_seed(1)
     d1, d2 = _random_delta(gen, 1.0), _random_delta(gen, 1.0)
-    unified, triggers = unify(None, [], d1)
-    unified, triggers = unify(unified, triggers, d2)
-    t1 = decouple(unified, triggers[0])
+    unified, triggers = unify_reference(None, [], d1)
+    unified, triggers = unify_reference(unified, triggers, d2)
+    t1 = decouple_reference(unified, triggers[0])
     shrunk = sum(int((d1[k] != 0).sum() - (t1[k] != 0).sum()) for k in d1)
     assert shrunk > 0
 
@@ -204,14 +205,14 @@ def test_unify_is_lossy_but_old_support_shrinks_strictly_somewhere() -> None:
 def test_unify_validation() -> None:
     d = {"w": torch.ones(3)}
     with pytest.raises(ValueError, match="mean_abs"):
-        unify(None, [], d, rescaler="l2")
-    unified, triggers = unify(None, [], d)
+        unify_reference(None, [], d, rescaler="l2")
+    unified, triggers = unify_reference(None, [], d)
     with pytest.raises(ValueError, match="'w'"):
-        unify(unified, triggers, {"w": torch.ones(4)})
+        unify_reference(unified, triggers, {"w": torch.ones(4)})
     with pytest.raises(ValueError, match="missing keys"):
-        unify(unified, triggers, {"v": torch.ones(3)})
+        unify_reference(unified, triggers, {"v": torch.ones(3)})
     with pytest.raises(ValueError, match="triggers"):
-        unify(None, triggers, d)
+        unify_reference(None, triggers, d)
     with pytest.raises(ValueError, match="'w'"):
         unify_deltas([d, {"w": torch.ones(2)}])
 
@@ -296,7 +297,7 @@ def test_decouple_into_writes_task_model_in_place() -> None:
     params = {k: torch.nn.Parameter(torch.zeros(s)) for k, s in SHAPES.items()}
     ptrs = {k: p.data_ptr() for k, p in params.items()}
     decouple_into(params, theta0, unified, triggers[2])
-    tilde = decouple(unified, triggers[2])
+    tilde = decouple_reference(unified, triggers[2])
     for k in SHAPES:
         assert params[k].data_ptr() == ptrs[k]
         torch.testing.assert_close(params[k].detach(), theta0[k] + tilde[k])
@@ -308,12 +309,12 @@ def test_unify_on_cuda_keeps_devices() -> None:
     deltas = [_random_delta(gen, 1.0) for _ in range(3)]
     unified, triggers = None, []
     for d in deltas:
-        unified, triggers = unify(unified, triggers, {k: v.cuda() for k, v in d.items()})
+        unified, triggers = unify_reference(unified, triggers, {k: v.cuda() for k, v in d.items()})
     assert all(u.is_cuda for u in unified.values())
     assert all(not m.is_cuda for m in triggers[0].mask.values())
     cpu_u, cpu_t = None, []
     for d in deltas:
-        cpu_u, cpu_t = unify(cpu_u, cpu_t, d)
+        cpu_u, cpu_t = unify_reference(cpu_u, cpu_t, d)
     for k in SHAPES:
         torch.testing.assert_close(unified[k].cpu(), cpu_u[k])
 

@@ -14,14 +14,14 @@ from strategies.condu.fusion import (
     BYTES_PER_TASK_ELEMENT,
     SUM_BLOCK,
     Trigger,
-    decouple,
     decouple_into,
+    decouple_reference,
     elect,
     pack_mask,
     task_delta,
-    unify,
     unify_deltas,
     unify_into,
+    unify_reference,
 )
 
 SHAPES = {"w": (97, 131), "v": (3 * SUM_BLOCK + 5,), "b": (3,), "e": (0, 4)}
@@ -58,7 +58,7 @@ def _sessions(chunk_bytes: int | None, rescaler: str = "mean_abs") -> tuple[dict
     gen = torch.Generator().manual_seed(0)
     unified, triggers = None, []
     for t in range(SESSIONS):
-        unified, triggers = unify(unified, triggers, _delta(gen, 1.0 + t), rescaler=rescaler,
+        unified, triggers = unify_reference(unified, triggers, _delta(gen, 1.0 + t), rescaler=rescaler,
                                   chunk_bytes=chunk_bytes)
     return unified, triggers
 
@@ -94,7 +94,7 @@ def _legacy_session(unified, triggers, new, rescaler="mean_abs"):
     num = torch.zeros(len(triggers) + 1, dtype=torch.float64)
     den = torch.zeros(len(triggers) + 1, dtype=torch.float64)
     for key, d in new.items():
-        stack = torch.stack([*(decouple(unified, t)[key] for t in triggers), d])  # (T, *shape)
+        stack = torch.stack([*(decouple_reference(unified, t)[key] for t in triggers), d])  # (T, *shape)
         _, u, m = elect(stack)
         u_out[key] = u
         for i in range(len(masks)):
@@ -115,13 +115,14 @@ def test_streamed_result_matches_the_previous_implementation():
     for t in range(SESSIONS):
         new = _delta(gen, 1.0 + t)
         ref_u, ref_t = _legacy_session(unified or {}, triggers, new)
-        unified, triggers = unify(unified, triggers, new, chunk_bytes=_budget(1, t + 1))
+        unified, triggers = unify_reference(unified, triggers, new, chunk_bytes=_budget(1, t + 1))
         assert all(torch.equal(unified[k], ref_u[k]) for k in new)
         for mine, ref in zip(triggers, ref_t, strict=True):
             assert all(torch.equal(mine.mask[k], ref.mask[k]) for k in new)
             assert mine.rescaler == pytest.approx(ref.rescaler, rel=1e-13)
             for k in new:  # decoupled deltas: λ is applied in float32, where 1e-13 does not show
-                torch.testing.assert_close(decouple(unified, mine)[k], decouple(ref_u, ref)[k], rtol=1e-7, atol=0)
+                torch.testing.assert_close(decouple_reference(unified, mine)[k], decouple_reference(ref_u, ref)[k],
+                                           rtol=1e-7, atol=0)
 
 
 def test_unify_into_is_unify_of_task_delta_in_place():
@@ -131,7 +132,7 @@ def test_unify_into_is_unify_of_task_delta_in_place():
     unified, triggers = None, []
     for t in range(SESSIONS):
         theta = {k: torch.nn.Parameter(theta0[k] + d) for k, d in _delta(gen, 1.0 + t).items()}
-        ref_u, ref_t = unify(ref_u, ref_t, task_delta(theta, theta0), chunk_bytes=WHOLE)
+        ref_u, ref_t = unify_reference(ref_u, ref_t, task_delta(theta, theta0), chunk_bytes=WHOLE)
         before = None if unified is None else {k: u.data_ptr() for k, u in unified.items() if u.numel()}
         old_masks = [{k: m.data_ptr() for k, m in trig.mask.items() if m.numel()} for trig in triggers]
         unified, triggers = unify_into(unified, triggers, theta, theta0, chunk_bytes=_budget(1, t + 1))
@@ -164,6 +165,6 @@ def test_chunked_decouple_into_is_bit_identical():
         params = {k: torch.nn.Parameter(torch.zeros(s)) for k, s in SHAPES.items()}
         decouple_into(params, theta0, unified, triggers[1], chunk_bytes=chunk_bytes)
         results.append({k: p.detach().clone() for k, p in params.items()})
-    tilde = decouple(unified, triggers[1])
+    tilde = decouple_reference(unified, triggers[1])
     for res in results:
         assert all(torch.equal(res[k], theta0[k] + tilde[k]) for k in SHAPES)

@@ -22,9 +22,9 @@ from runs.config import load_suite
 from runs.runner import RunSession, run_suite
 from strategies.clip import ModelConfig, UnitsConfig, build_clip
 from strategies.condu import ConDU, ConDUConfig, ConDUPlugin, build_condu
-from strategies.condu.fusion import decouple_into
-from strategies.condu.plugin import PRETRAINED
+from strategies.condu.fusion import decouple_reference
 from strategies.condu.prototypes import class_prototypes
+from strategies.condu.store import PRETRAINED
 from strategies.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,14 +96,15 @@ def test_aggregation_with_k_at_least_tasks_is_the_mean_of_all_models(tmp_path):
         aggregated = plugin.predict(model, images, experience=1)
         expected = []
         for task in (PRETRAINED, 0, 1):
-            plugin.loaded = None
             if task == PRETRAINED:
-                plugin.load(PRETRAINED)
-            else:  # rebuild the decoupled model independently of the plugin's cache
-                decouple_into(plugin.params, plugin.theta0, plugin.unified, plugin.triggers[task])
+                plugin.store.load(PRETRAINED, force=True)
+            else:  # rebuild the decoupled model with the oracle, independently of the plugin's store
+                delta = decouple_reference(plugin.unified, plugin.triggers[task])
+                for name, param in plugin.params.items():
+                    param.copy_(plugin.theta0[name] + delta[name])
             model.invalidate_text_cache()
             expected.append(model(images))
-    plugin.loaded = None
+    plugin.store.loaded = None  # written behind the store's back
     torch.testing.assert_close(aggregated, torch.stack(expected).mean(0), rtol=1e-5, atol=1e-4)
     session.wandb.finish()
 
@@ -265,7 +266,7 @@ def test_naive_with_the_plugin_predicts_what_condu_predicts(inference):
         assert torch.equal(a, b)
     _, plugin, model = results["naive"]
     images = torch.stack([bench.test_stream[0].dataset[i][0] for i in range(len(bench.test_stream[0].dataset))])
-    plugin.load(PRETRAINED)
+    plugin.store.load(PRETRAINED)
     with torch.no_grad():
         zero_shot = model(images)
     assert (naive_out[0] - zero_shot).abs().max() > 1e-3  # not the pretrained θ⁰'s prediction

@@ -1,7 +1,7 @@
 """ConDU fusion: task deltas, election, unify / decouple and task triggers. Pure torch maths.
 
-Spec: condu.md, sections "Per task", "Unify" (the EMR-Merging election) and "Decouple". A model is a
-``dict[str, Tensor]`` (a state dict or ``dict(model.named_parameters())``); every function here checks
+ConDU §3 (task deltas, unifying by the EMR-Merging election, decoupling; docs/methods/condu.md). A
+model is a ``dict[str, Tensor]`` (a state dict or ``dict(model.named_parameters())``); every function here checks
 keys and shapes key by key and raises ``ValueError`` naming the key.
 
 Choices made here (see the docstrings for the formulas):
@@ -69,7 +69,7 @@ def _check_float(delta: Mapping[str, Tensor], what: str) -> None:
 
 
 def task_delta(theta: Mapping[str, Tensor], theta0: Mapping[str, Tensor]) -> Delta:
-    """δ = θ − θ⁰ over the float tensors of θ⁰ (condu.md "Per task"); detached, on θ's device.
+    """δ = θ − θ⁰ over the float tensors of θ⁰ (ConDU §3, task delta); detached, on θ's device.
 
     Pass only what counts as the model's tensors (e.g. ``named_parameters`` without buffers such as
     the attention mask); non-float tensors of θ⁰ are skipped, and θ must hold the same float keys.
@@ -137,7 +137,7 @@ def unpack_mask(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
 
 @dataclass
 class Trigger:
-    """Task trigger of task i (condu.md "Decouple"): masks Mⁱ, bit-packed per tensor, and rescaler λ_i."""
+    """Task trigger of task i (ConDU §3, decoupling): masks Mⁱ, bit-packed per tensor, and rescaler λ_i."""
 
     mask: dict[str, Tensor]  # key -> uint8 tensor of ceil(numel/8) bytes (see pack_mask)
     shapes: dict[str, torch.Size]  # key -> shape of the unpacked mask (= shape of the delta tensor)
@@ -179,7 +179,7 @@ class Trigger:
 
 
 def elect(deltas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Election over stacked deltas (T, *shape) (condu.md "Unify" 1–3; EMR-Merging).
+    """Election over stacked deltas (T, *shape) (ConDU §3, unifying; EMR-Merging's election).
 
     s = +1 if mean_i δⁱ > 0 else −1 (a zero mean gives −1, as the code);
     Mⁱ = [δⁱ·s > 0];  U = s · max_i |δⁱ|·Mⁱ.  Returns (s, U, M) with M bool of shape (T, *shape).
@@ -272,7 +272,8 @@ def _mask_rows(triggers: list[Trigger], key: str, start: int, stop: int, device:
 
 
 def _decoupled_rows(u: Tensor, triggers: list[Trigger], key: str, start: int, stop: int, out: Tensor) -> None:
-    """out = δ̃ⁱ[start:stop] = (U ⊙ Mⁱ)·λ_i per trigger, (R, c), the same float operations as :func:`decouple`."""
+    """out = δ̃ⁱ[start:stop] = (U ⊙ Mⁱ)·λ_i per trigger, (R, c): the float operations of
+    :func:`decouple_reference` (λ_i rounded to U's dtype, then one multiply)."""
     torch.mul(u, _mask_rows(triggers, key, start, stop, u.device), out=out)
     out *= torch.tensor([t.rescaler for t in triggers], dtype=out.dtype, device=out.device)[:, None]
 
@@ -394,39 +395,6 @@ def _check_session(
         _check_layout(unified, trig.shapes, f"unify(unified, triggers[{i}])")
 
 
-def unify(
-    unified: Mapping[str, Tensor] | None,
-    triggers: list[Trigger],
-    new_delta: Mapping[str, Tensor],
-    *,
-    rescaler: str = "mean_abs",
-    mask_device: torch.device | str = "cpu",
-    chunk_bytes: int | None = None,
-) -> tuple[Delta, list[Trigger]]:
-    """One ConDU session (condu.md "Unify"): elect over {δ̃¹…δ̃ᵗ⁻¹ (decoupled from U), δᵗ (new)}.
-
-    The old decoupled deltas δ̃ⁱ = λ_i·Mⁱ⊙U are rebuilt chunk by chunk (see "chunks" above; any
-    ``chunk_bytes`` gives bit-identical results). Returns a new unified delta, on the devices of
-    `new_delta`, and ALL t triggers recomputed (old ones against their decoupled deltas, as the code
-    does: the original deltas are not kept); the inputs are not changed, so this holds a second U and
-    new masks while it runs — :func:`unify_into` is the in-place session (bounded extra memory).
-    λ_i = Σ_tensors mean|δⁱ| / Σ_tensors mean|Mⁱ⊙U| ("mean_abs", the code) or ‖δⁱ‖₁ / ‖Mⁱ⊙U‖₁ ("l1");
-    λ_i = 1 where the denominator is 0.
-    """
-    _check_rescaler(rescaler)
-    _check_float(new_delta, "unify(new_delta)")
-    _check_session(unified, triggers, new_delta)
-    new = {k: v.detach().contiguous() for k, v in new_delta.items()}
-    shapes = {k: v.shape for k, v in new.items()}
-    old = unified if unified is not None else {}  # _check_session: no unified delta means no old triggers
-    fill = _session_fill(old, triggers, lambda key, start, stop: _flat(new[key])[start:stop])
-    out = {k: torch.empty_like(v) for k, v in new.items()}
-    masks = [_new_masks(shapes, mask_device) for _ in range(len(triggers) + 1)]
-    lams = _elect_chunked(shapes, fill, out, masks, rescaler, chunk_bytes)
-    logger.debug("ConDU unify: %d tasks, rescalers %s", len(lams), lams)
-    return out, [Trigger(mask=m, shapes=dict(shapes), rescaler=lam) for m, lam in zip(masks, lams, strict=True)]
-
-
 def unify_into(
     unified: dict[str, Tensor] | None,
     triggers: list[Trigger],
@@ -437,9 +405,9 @@ def unify_into(
     mask_device: torch.device | str = "cpu",
     chunk_bytes: int | None = None,
 ) -> tuple[Delta, list[Trigger]]:
-    """The session of :func:`unify` with δᵗ = θ − θ⁰ (over θ⁰'s keys), in place and in bounded memory.
+    """ConDU §3's session (unifying) with δᵗ = θ − θ⁰ (over θ⁰'s keys), in place and in bounded memory.
 
-    Same results, bit for bit, as ``unify(unified, triggers, task_delta(theta, theta0))``, but δᵗ is
+    Same results, bit for bit, as ``unify_reference(unified, triggers, task_delta(theta, theta0))``, but δᵗ is
     never materialised (taken chunk by chunk from θ and θ⁰), U and the old triggers' masks are
     overwritten chunk by chunk and their rescalers updated, so the extra memory of a session is the
     chunk temporaries (``chunk_bytes``) plus the new task's mask (1 bit per entry) — and, at the first
@@ -474,18 +442,6 @@ def unify_into(
 # --------------------------------------------------------------------------- decouple
 
 
-def _decouple_tensor(u: Tensor, trigger: Trigger, key: str) -> Tensor:
-    """δ̃ⁱ = λ_i · Mⁱ ⊙ U for one tensor, on the device of U."""
-    mask = unpack_mask(trigger.mask[key].to(u.device), trigger.shapes[key])
-    return u * mask * trigger.rescaler
-
-
-def decouple(unified: Mapping[str, Tensor], trigger: Trigger) -> Delta:
-    """Decoupled delta of one task (condu.md "Decouple"): δ̃ⁱ = λ_i · Mⁱ ⊙ U, key by key."""
-    _check_layout(unified, trigger.shapes, "decouple(unified, trigger)")
-    return {key: _decouple_tensor(u, trigger, key) for key, u in unified.items()}
-
-
 def decouple_into(
     params: Mapping[str, Tensor],
     theta0: Mapping[str, Tensor],
@@ -494,7 +450,8 @@ def decouple_into(
     *,
     chunk_bytes: int | None = None,
 ) -> None:
-    """Write θ̃ⁱ = θ⁰ + λ_i · Mⁱ ⊙ U into existing tensors of `params` in place (keys of U only).
+    """Write θ̃ⁱ = θ⁰ + λ_i · Mⁱ ⊙ U (ConDU §3, decoupling) into existing tensors of `params` in place
+    (keys of U only).
 
     Builds a task model without a second model in memory: chunk by chunk (element-wise, so any
     ``chunk_bytes`` gives the same bits), temporaries ≤ ``chunk_bytes``; every key is checked first.
@@ -526,7 +483,7 @@ def storage_report(
     triggers: list[Trigger],
     prototypes_bytes: list[int],
 ) -> dict[str, Any]:
-    """Bytes stored by ConDU (condu.md "Decouple"): shared θ⁰ and U; per task mask bits, λ and prototypes."""
+    """Bytes stored by ConDU (docs/methods/condu.md#storage): shared θ⁰ and U; per task mask bits, λ and prototypes."""
     if len(prototypes_bytes) != len(triggers):
         raise ValueError(
             f"storage_report: {len(triggers)} triggers but {len(prototypes_bytes)} prototype sizes"
@@ -546,3 +503,57 @@ def storage_report(
         "tasks": tasks_bytes,
         "total": theta0_bytes + unified_bytes + tasks_bytes,
     }
+
+
+# --------------------------------------------------------------------------- test oracles
+#
+# The plugin runs unify_into and decouple_into. These two compute the same results out of place,
+# whole tensors at once for decouple: the tests hold the production path against them bit for bit.
+
+
+def unify_reference(
+    unified: Mapping[str, Tensor] | None,
+    triggers: list[Trigger],
+    new_delta: Mapping[str, Tensor],
+    *,
+    rescaler: str = "mean_abs",
+    mask_device: torch.device | str = "cpu",
+    chunk_bytes: int | None = None,
+) -> tuple[Delta, list[Trigger]]:
+    """Test oracle of :func:`unify_into`: one ConDU session (ConDU §3, unifying) out of place, from an
+    explicit δᵗ: elect over {δ̃¹…δ̃ᵗ⁻¹ (decoupled from U), δᵗ (new)}.
+
+    The old decoupled deltas δ̃ⁱ = λ_i·Mⁱ⊙U are rebuilt chunk by chunk (see "chunks" above; any
+    ``chunk_bytes`` gives bit-identical results). Returns a new unified delta, on the devices of
+    `new_delta`, and ALL t triggers recomputed (old ones against their decoupled deltas, as the code
+    does: the original deltas are not kept); the inputs are not changed, so this holds a second U and
+    new masks while it runs — :func:`unify_into`, the in-place session in bounded extra memory, is
+    the one the plugin runs.
+    λ_i = Σ_tensors mean|δⁱ| / Σ_tensors mean|Mⁱ⊙U| ("mean_abs", the code) or ‖δⁱ‖₁ / ‖Mⁱ⊙U‖₁ ("l1");
+    λ_i = 1 where the denominator is 0.
+    """
+    _check_rescaler(rescaler)
+    _check_float(new_delta, "unify(new_delta)")
+    _check_session(unified, triggers, new_delta)
+    new = {k: v.detach().contiguous() for k, v in new_delta.items()}
+    shapes = {k: v.shape for k, v in new.items()}
+    old = unified if unified is not None else {}  # _check_session: no unified delta means no old triggers
+    fill = _session_fill(old, triggers, lambda key, start, stop: _flat(new[key])[start:stop])
+    out = {k: torch.empty_like(v) for k, v in new.items()}
+    masks = [_new_masks(shapes, mask_device) for _ in range(len(triggers) + 1)]
+    lams = _elect_chunked(shapes, fill, out, masks, rescaler, chunk_bytes)
+    logger.debug("ConDU unify: %d tasks, rescalers %s", len(lams), lams)
+    return out, [Trigger(mask=m, shapes=dict(shapes), rescaler=lam) for m, lam in zip(masks, lams, strict=True)]
+
+
+def _decouple_tensor(u: Tensor, trigger: Trigger, key: str) -> Tensor:
+    """δ̃ⁱ = λ_i · Mⁱ ⊙ U for one tensor, on the device of U."""
+    mask = unpack_mask(trigger.mask[key].to(u.device), trigger.shapes[key])
+    return u * mask * trigger.rescaler
+
+
+def decouple_reference(unified: Mapping[str, Tensor], trigger: Trigger) -> Delta:
+    """Test oracle of :func:`decouple_into`: the decoupled delta of one task (ConDU §3, decoupling),
+    δ̃ⁱ = λ_i · Mⁱ ⊙ U, key by key, whole tensors at once (θ̃ⁱ = θ⁰ + δ̃ⁱ gives the same bits)."""
+    _check_layout(unified, trigger.shapes, "decouple_reference(unified, trigger)")
+    return {key: _decouple_tensor(u, trigger, key) for key, u in unified.items()}
