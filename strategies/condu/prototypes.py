@@ -1,12 +1,13 @@
 """ConDU semantic prototypes, task scores and aggregated prediction. Pure torch maths.
 
-Spec: condu.md, sections "Prototypes" and "Aggregated prediction". The plugin computes features and
-per-task logits with the pretrained / decoupled models and calls these functions.
+ConDU §3 (semantic prototypes, aggregated inference; docs/methods/condu.md#inference). The features
+and per-task logits come from the pretrained / decoupled models (:mod:`.features`, :mod:`.store`);
+:func:`.inference.aggregated_logits` calls these functions.
 
-Choice (condu.md marks the weighting a [choice], default uniform): the pretrained model, which has
-no prototypes, is given the score of an average selected task, i.e. the mean of the selected tasks'
-scores; "similarity" then weights ∝ max(score, 0) and "softmax" weights = softmax(score / τ) over
-{pretrained} ∪ selected.
+Weighting (the paper's text says "weighted", the official code averages uniformly; default uniform).
+Choice: the pretrained model, which has no prototypes, is given the score of an average selected
+task, i.e. the mean of the selected tasks' scores; "similarity" then weights ∝ max(score, 0) and
+"softmax" weights = softmax(score / τ) over {pretrained} ∪ selected.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def class_prototypes(
     image_features: Tensor, labels: Tensor, text_features: Tensor, classes: list[int],
     normalize_text: bool = False,
 ) -> Tensor:
-    """Prototypes of one task (condu.md "Prototypes"), float32 (C, D), row c for class ``classes[c]``:
+    """Prototypes of one task (ConDU §3, semantic prototypes), float32 (C, D), row c for class ``classes[c]``:
 
     P_k = normalize((mean_{n: y_n = k} normalize(f_img(x_n)) + t_k) / 2),
     t_k the mean over templates of the normalised template features of class k, taken as given —
@@ -68,7 +69,7 @@ def class_prototypes(
 
 
 def task_scores(image_features: Tensor, prototypes: list[Tensor]) -> Tensor:
-    """Score of task s for each image (condu.md "Aggregated prediction" 2): max_k cos(f, P^s_k); (B, S)."""
+    """Score of task s for each image (ConDU §3, aggregated inference): max_k cos(f, P^s_k); (B, S)."""
     img = F.normalize(image_features.float(), dim=-1)  # (B, D)
     cols = []
     for s, proto in enumerate(prototypes):
@@ -82,7 +83,7 @@ def task_scores(image_features: Tensor, prototypes: list[Tensor]) -> Tensor:
 
 
 def select_tasks(scores: Tensor, k: int) -> Tensor:
-    """Top-K tasks per sample (condu.md "Aggregated prediction" 3): indices (B, min(k, S)), best first."""
+    """Top-K tasks per sample (ConDU §3, aggregated inference): indices (B, min(k, S)), best first."""
     if k < 0:
         raise ValueError(f"select_tasks: k must be >= 0, got {k}")
     return scores.topk(min(k, scores.shape[1]), dim=1).indices
@@ -116,7 +117,7 @@ def aggregation_weights(
 def aggregate_logits(
     pretrained_logits: Tensor, task_logits: Tensor | TaskLogitsFn, selected: Tensor, weights: Tensor
 ) -> Tensor:
-    """Final logits (condu.md "Aggregated prediction" 4): w_0·z⁰ + Σ_k w_k·z^{selected_k}; (B, C).
+    """Final logits (ConDU §3, aggregated inference): w_0·z⁰ + Σ_k w_k·z^{selected_k}; (B, C).
 
     `task_logits` is a tensor (S, B, C), or a callable ``(task, rows) -> (len(rows), C)`` called once
     per selected task in ascending order with the rows that selected it (one model rebuilt per task).
