@@ -383,3 +383,22 @@ def test_data_check_real_tinyimagenet():
     assert by_item["wnids.txt"].status == "present" and by_item["val_annotations.txt"].status == "present"
     assert all(r.status != "missing" for r in rows)
     assert sum(r.detail == "decodes" for r in rows) == 4
+
+
+def test_data_check_verdicts_of_fake_official_formats(tmp_path):
+    from benchmarks.data_check import dataset_verdicts
+
+    write_fake_cifar100(tmp_path)  # the official pickles, 2 + 1 images per class: a subset
+    assert dataset_verdicts(check_stream("split_cifar100", str(tmp_path))) == {"CIFAR100": "subset"}
+    (tmp_path / "cifar-100-python" / "meta").write_bytes(b"garbage")
+    assert dataset_verdicts(check_stream("split_cifar100", str(tmp_path))) == {"CIFAR100": "corrupt"}
+    assert dataset_verdicts(check_stream("split_cifar100", str(tmp_path / "none"))) == {"CIFAR100": "missing"}
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "caltech101").is_dir(), reason=f"no Caltech-101 subset at {SHARED_DATA}")
+def test_data_check_shared_caltech_is_a_subset_without_background():
+    from benchmarks.data_check import dataset_verdicts
+
+    rows = check_stream("mtil", str(SHARED_DATA), MTILConfig(datasets=["Caltech101"]))
+    assert any(r.detail == "808 images (expected 8677)" for r in rows)  # 8 x 101, BACKGROUND_Google left out
+    assert dataset_verdicts(rows) == {"mtil/Caltech101": "subset"}
