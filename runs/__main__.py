@@ -1,4 +1,4 @@
-"""Command line: python -m runs {run,validate,status,report,share,list,data,bench} ...
+"""Command line: python -m runs {run,validate,status,report,share,list,data,bench,study} ...
 
 Exit codes (every command):
   0    everything asked for finished
@@ -61,28 +61,43 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(check)
     add_arguments(download)
-    bench = sub.add_parser("bench", help="speed/memory benchmarks (they print figures)")
-    bench.add_argument("what", choices=["mozo", "mozo-align", "zo-precision", "condu", "condu-storage"],
-                       help="which benchmark")
-    bench.add_argument("--arch", default="clip-tiny", help="open_clip model name (weights are not needed)")
-    bench.add_argument("--batch-size", type=int, default=8)
+    bench = sub.add_parser("bench", help="speed/memory benchmarks of the shipped path (they print figures)")
+    bench.add_argument("what", choices=["mozo", "condu", "condu-storage", *DEPRECATED_BENCHES],
+                       help="which benchmark (mozo-align, zo-precision: deprecated names of `study ...`)")
+    _measure_options(bench)
     bench.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--units", default=None, choices=["moe", "lora", "adapter", "full"],
-                       help="units (default: moe for mozo, full for condu / condu-storage)")
     bench.add_argument("--classes-per-task", type=int, default=100, help="condu-storage: prototypes per task")
     bench.add_argument("--tasks", type=int, default=11, help="condu / condu-storage: number of tasks")
-    bench.add_argument("--directions", type=int, default=50, help="mozo-align: directions per seed")
-    bench.add_argument("--seeds", type=int, default=5, help="mozo-align: seeds (model, minibatch)")
-    bench.add_argument("--ratios", default="1,0.5,0.1", help="mozo-align: eps_vision/eps_language values")
     bench.add_argument("--repeats", type=int, default=1, help="mozo: runs per configuration (median reported)")
     bench.add_argument("--grad-checkpointing", action="store_true",
                        help="mozo: also measure every training configuration with gradient checkpointing")
     bench.add_argument("--compile", action="store_true",
                        help="mozo: also measure every configuration with both towers torch.compile'd")
-    bench.add_argument("--settings", default=None,
-                       help="zo-precision: comma-separated probe settings (default: all; runs/bench_zo_precision.py)")
+    _study_options(bench)
+    study = sub.add_parser("study", help="fidelity studies: MoZO update alignment, ZO probes under low precision")
+    study.add_argument("what", choices=["align", "zo-precision"], help="which study (runs/studies/)")
+    _measure_options(study)
+    _study_options(study)
     return parser
+
+
+DEPRECATED_BENCHES = {"mozo-align": "align", "zo-precision": "zo-precision"}  # old bench name -> study
+
+
+def _measure_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="clip-tiny", help="open_clip model name (weights are not needed)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--units", default=None, choices=["moe", "lora", "adapter", "full"],
+                        help="units (default: full for condu / condu-storage, else moe)")
+
+
+def _study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--directions", type=int, default=50, help="align / zo-precision: directions (per seed)")
+    parser.add_argument("--seeds", type=int, default=5, help="align: seeds (model, minibatch)")
+    parser.add_argument("--ratios", default="1,0.5,0.1", help="align: eps_vision/eps_language values")
+    parser.add_argument("--settings", default=None,
+                        help="zo-precision: comma-separated probe settings (default: all)")
 
 
 def _suite_options(parser: argparse.ArgumentParser) -> None:
@@ -205,19 +220,26 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return check(args) if args.data_command == "check" else download(args)
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "mozo-align":
-        from .bench_align import main as bench_align
+def _cmd_study(args: argparse.Namespace) -> int:
+    if args.what == "align":
+        from .studies.align import main as align
 
-        print(bench_align(args))
-        return 0
-    if args.what == "zo-precision":
-        from .bench_zo_precision import bench_zo_precision
-
-        print(bench_zo_precision(arch=args.arch, units=args.units or "moe", batch_size=args.batch_size,
-                                 n_directions=args.directions, device=args.device,
-                                 **({"settings": args.settings.split(",")} if args.settings else {})))
+        print(align(args))
         return EXIT_OK
+    from .studies.zo_precision import zo_precision_table
+
+    print(zo_precision_table(arch=args.arch, units=args.units or "moe", batch_size=args.batch_size,
+                             n_directions=args.directions, device=args.device,
+                             **({"settings": args.settings.split(",")} if args.settings else {})))
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what in DEPRECATED_BENCHES:
+        study = DEPRECATED_BENCHES[args.what]
+        print(f"note: `bench {args.what}` is deprecated: it is a fidelity study, `python -m runs study {study}`",
+              file=sys.stderr)
+        return _cmd_study(argparse.Namespace(**{**vars(args), "what": study}))
     if args.what == "condu":
         from .bench import bench_condu
 
@@ -239,7 +261,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "report": _cmd_report, "data": _cmd_data,
-            "bench": _cmd_bench, "share": _cmd_share, "list": _cmd_list, "status": _cmd_status}
+            "bench": _cmd_bench, "study": _cmd_study, "share": _cmd_share, "list": _cmd_list, "status": _cmd_status}
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -1,22 +1,31 @@
-"""Speed and memory benchmarks that need no pretrained weights: MoZO's configurations and ConDU's storage.
+"""Speed and memory benchmarks of the shipped path, no pretrained weights needed: MoZO's configurations
+and ConDU's plugin (study-type measurements of fidelity live in :mod:`runs.studies`).
+
+Every figure comes from :mod:`runs.harness`: Avalanche's own ``train`` / ``eval`` loops of a real
+``SupervisedTemplate`` on a tiny in-memory stream, iterations timed by a plugin.
 
 ``bench_mozo`` (CLI: ``python -m runs bench mozo --arch ViT-B-16 --batch-size 64``) builds a CLIP of the
 given size with random weights (weights do not change memory or time) and measures, for each
-configuration, the peak memory and the time of one training step on one random minibatch (images at the
-model's input size, labels over 10 classes, prompts "a photo of a {name}.", model in train mode):
+configuration, the peak memory and the time of one training iteration on one random minibatch (images at
+the model's input size, labels over 10 classes, prompts "a photo of a {name}.", model in train mode),
+each through :func:`runs.harness.run_steps` on ``Naive`` (AdamW over the trainable parameters):
 
-- ``inference``: ``model(x)`` under ``torch.no_grad()``; the text-feature cache is dropped before every
-  step, so both towers run, i.e. the work of one forward pass of every training configuration;
-- ``full FO``: every unit first-order: forward, cross-entropy, backward, AdamW step over the unit parameters;
-- ``Dual ZO`` / ``Vision ZO`` / ``Language ZO``: ``MoZOPlugin`` with that branch and layers "all"; the step is
-  what the MoZO strategy runs per iteration: forward and loss (no autograd graph when no unit is
-  first-order), backward if the loss needs it, the plugin's ``before_update`` (the ZO step), then the AdamW
-  step of the first-order units if there are any;
+- ``inference``: the template's evaluation loop (model in eval mode, ``torch.no_grad``); the text-feature
+  cache is dropped before every minibatch, so both towers run, i.e. the work of one forward pass of every
+  training configuration;
+- ``full FO``: ``Naive`` alone: every unit first-order (forward, cross-entropy, backward, AdamW step);
+- ``Dual ZO`` / ``Vision ZO`` / ``Language ZO``: ``Naive`` plus ``MoZOPlugin`` with that branch and layers
+  "all": the iteration is the MoZO strategy's (``MoZO`` is ``SupervisedTemplate`` + this plugin);
 - ``MoZO``: the paper's configuration, i.e. the ``MoZOConfig`` defaults (dual branch, hop-even layers,
   scalar sign, conservative candidate, ε_vision < ε_language);
 - ``MoZO (from scratch)``: the same with ``reuse_forward=False``: L(θ), the features at θ, the blocks
   below the lowest ZO layer and the units' noise are recomputed in the ZO step instead of taken from the
   FO forward (the step before the cheaper one; same update).
+
+An iteration is timed from the template's ``before_training_iteration`` to its
+``after_training_iteration`` (:class:`runs.harness.StepTimer`, first among the plugins; with
+``torch.cuda.synchronize()`` at both ends on CUDA): forward, loss, backward, the plugin's ZO step in
+``before_update`` and the optimizer step are inside, loading the minibatch is not.
 
 ``grad_checkpointing`` (CLI ``--grad-checkpointing``) adds, after every training configuration, the same
 configuration with per-block gradient checkpointing of both towers (``train.grad_checkpointing``; row
@@ -29,24 +38,30 @@ an inductor cache of its own).
 ``repeats`` > 1 measures every configuration that many times, round-robin (so slow phases of a shared
 machine hit every configuration alike), and reports the run with the median time.
 
-Every configuration gets a fresh model (the plugin changes ``requires_grad``), 2 warm-up steps, then
-``steps`` timed steps (``time.perf_counter``, with ``torch.cuda.synchronize()`` on CUDA).
+Every configuration gets a fresh model (the plugin changes ``requires_grad``) and one ``run_steps`` call
+of 2 warm-up + ``steps`` timed iterations; the time is the mean of the timed ones.
 
-How memory is measured:
+How memory is measured (:class:`runs.harness.MemoryProbe`, baseline at the first iteration's start):
 
-- CUDA: in one process, ``torch.cuda.reset_peak_memory_stats()`` after the model is built, then
-  ``torch.cuda.max_memory_allocated()`` over the warm-up and timed steps: the peak of tensor memory, model
-  weights included. "above model" is that peak minus the memory allocated right before the first step
-  (weights and minibatch). These are the meaningful figures.
+- CUDA: in one process, ``torch.cuda.reset_peak_memory_stats()``, then ``torch.cuda.max_memory_allocated()``
+  over the warm-up and timed iterations: the peak of tensor memory, model weights included. "above model"
+  is that peak minus the memory allocated at the start (weights and minibatch). These are the meaningful
+  figures.
 - CPU: peak RSS is only meaningful per process, so each configuration runs in a fresh interpreter
   (``python -m runs.bench --worker CONFIG ...``, which prints one JSON line) and the peak is
-  ``resource.getrusage(RUSAGE_SELF).ru_maxrss``. Before the first step the worker resets the kernel's
-  high-water mark (``/proc/self/clear_refs``, Linux >= 4.0; if that is refused the peak also covers model
-  construction) and records the current RSS, the baseline of "above model". The peak is the RSS of the
+  ``resource.getrusage(RUSAGE_SELF).ru_maxrss``. At the first iteration the kernel's high-water mark is
+  reset (``/proc/self/clear_refs``, Linux >= 4.0; if that is refused the peak also covers model
+  construction) and the current RSS recorded, the baseline of "above model". The peak is the RSS of the
   *whole process*, with Python, torch, open_clip and avalanche loaded (several hundred MiB), so its
   "× inference" ratios understate the differences between configurations; "above model" is closer to
   the activation + optimizer memory, though memory that the allocator kept from model construction can
   be reused without showing up. Prefer the GPU numbers.
+
+``bench_condu`` (CLI ``python -m runs bench condu``) trains :class:`strategies.condu.ConDU` (its public
+constructor, Avalanche's ``train``) on a stream of ``tasks`` experiences and measures, through a
+:class:`runs.harness.HookBracket` around its plugin, what the plugin runs at the end of each experience
+(δ, unify, triggers, prototypes), then evaluation throughput of the task-aware and aggregated routes
+through Avalanche's ``eval``.
 
 ``condu_storage`` computes ConDU's storage (shared θ⁰ and unified model U, per task a 1-bit mask per
 trainable parameter, a float32 rescaler and float32 prototypes) from the shapes of a random-init model,
@@ -60,24 +75,27 @@ import gc
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from avalanche.core import SupervisedPlugin
+from torch.utils.data import Dataset
 
 import strategies  # noqa: F401  (torchvision shim before open_clip / avalanche)
-from strategies.clip import CLIPClassifier, ModelConfig, UnitsConfig, build_clip, image_size
+from benchmarks.synthetic import class_names
+from strategies.clip import CLIPClassifier, ModelConfig, UnitsConfig, build_clip, image_size, unit_parameters
 from strategies.condu.fusion import Trigger, storage_report
-from strategies.mozo.plugin import MoZOConfig, MoZOPlugin
+from strategies.mozo import MoZOConfig, MoZOPlugin
 from strategies.training import resolve_device
+
+from . import harness
+from .harness import HookBracket
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS: tuple[str, ...] = ("inference", "full FO", "Dual ZO", "Vision ZO", "Language ZO", "MoZO",
@@ -116,135 +134,64 @@ class Measurement:
                                                                                     else "")
 
 
-class _Clock:
-    train_iterations = 0
+class _FreshText(SupervisedPlugin):
+    """Drops the text-feature cache before every evaluation minibatch: the inference row runs both
+    towers, as every training forward does."""
+
+    def before_eval_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        strategy.model.invalidate_text_cache()
 
 
-class _Evaluator:
-    def publish_metric_value(self, value: Any) -> None:  # the plugin's figures are not needed here
-        pass
-
-
-class _Strategy:
-    """The strategy attributes ``MoZOPlugin.before_update`` reads."""
-
-    def __init__(self, model: CLIPClassifier, x: torch.Tensor, y: torch.Tensor, optimizer: Any) -> None:
-        self.model, self.mb_x, self.mb_y, self.optimizer = model, x, y, optimizer
-        self._criterion = nn.CrossEntropyLoss()
-        self.clock = _Clock()
-        self.evaluator = _Evaluator()
-        self.loss = torch.tensor(0.0)
-        self.mb_output: torch.Tensor | None = None
-
-
-def _make_step(config: str, model: CLIPClassifier, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[], None],
-                                                                                                   int, int]:
-    """The step function of ``config`` and its (FO, ZO) parameter counts."""
-    if config == "inference":
-        def infer() -> None:
-            model.invalidate_text_cache()  # run the text tower too, as every training forward does
-            with torch.no_grad():
-                model(x)
-
-        return infer, 0, 0
+def build_strategy(config: str, model: CLIPClassifier, *, batch_size: int, device: Any) -> Any:
+    """The Avalanche strategy that runs ``config``: ``Naive`` (AdamW at :data:`LR` over the model's
+    trainable parameters) plus, for the ZO rows, ``MoZOPlugin`` with that configuration; the
+    inference row evaluates it with :class:`_FreshText`."""
     if config not in CONFIGS:
         raise ValueError(f"unknown configuration {config!r}; expected one of {', '.join(CONFIGS)}")
-    plugin = (MoZOPlugin(replace(ZO_CONFIGS[config]), reuse_forward=config != "MoZO (from scratch)")
-              if config in ZO_CONFIGS else None)
-    if plugin is not None:
-        plugin.attach(model)  # ZO units out of autograd before the FO optimizer is built
-    fo = model.trainable_parameters()  # after the plugin took its units out of autograd
-    zo = sum(p.numel() for g in plugin.groups for p in g.params) if plugin is not None else 0
-    # with no FO unit the plugin still reads the lr schedule from the optimizer: a placeholder one
-    optimizer = torch.optim.AdamW(fo, lr=LR) if fo else torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=LR)
-    strategy = _Strategy(model, x, y, optimizer)
-
-    def train() -> None:  # the MoZO strategy's iteration (Avalanche's template order)
-        optimizer.zero_grad(set_to_none=True)
-        if plugin is not None:
-            plugin.before_training_iteration(strategy)
-        strategy.mb_output = model(x)
-        if plugin is not None:
-            plugin.after_forward(strategy)
-        strategy.loss = strategy._criterion(strategy.mb_output, y)
-        if plugin is not None:
-            plugin.before_backward(strategy)
-        if strategy.loss.requires_grad:
-            strategy.loss.backward()
-        strategy.clock.train_iterations += 1
-        if plugin is not None:
-            plugin.before_update(strategy)
-        if fo:
-            optimizer.step()
-
-    return train, sum(p.numel() for p in fo), zo
+    plugins: list[SupervisedPlugin] = []
+    if config == "inference":
+        plugins.append(_FreshText())
+    elif config in ZO_CONFIGS:
+        plugins.append(MoZOPlugin(replace(ZO_CONFIGS[config]), reuse_forward=config != "MoZO (from scratch)"))
+    # built before the plugin takes its units out of autograd, as the runner does (training.make_optimizer)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=LR)
+    return harness.naive(model, optimizer, batch_size=batch_size, device=device, plugins=plugins)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (and so ru_maxrss) to the current RSS; False if refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+def _partition(model: CLIPClassifier, config: str) -> tuple[int, int]:
+    """(FO, ZO) parameter counts after training: unit parameters with and without ``requires_grad``."""
+    if config == "inference":
+        return 0, 0
+    units = list(unit_parameters(model.units))
+    return sum(p.numel() for p in units if p.requires_grad), sum(p.numel() for p in units if not p.requires_grad)
 
 
 def measure(config: str, *, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, device: str = "cpu",
             units: str = "moe", warmup: int = WARMUP, seed: int = 0, grad_checkpointing: bool = False,
             compile: bool = False) -> Measurement:
-    """Build a fresh model and measure ``config`` in this process (see the module docstring)."""
+    """Build a fresh model and measure ``config`` in this process (see the module docstring): one
+    :func:`runs.harness.run_steps` call of ``warmup + steps`` iterations on the same minibatch."""
     device = str(resolve_device(device))
-    cuda = torch.device(device).type == "cuda"
     torch.manual_seed(seed)
     model, _, _ = build_clip(ModelConfig(arch=arch, pretrained="none", units=UnitsConfig(kind=units)), device)
     model.set_grad_checkpointing(grad_checkpointing)
     if compile:
         model.compile_towers()
-    model.train()
     model.set_class_prompts([[f"a photo of a {name}."] for name in CLASS_NAMES])
     size = image_size(model)
-    x = torch.randn(batch_size, 3, size, size, device=device)
-    y = torch.randint(0, len(CLASS_NAMES), (batch_size,), device=device)
-    step, fo, zo = _make_step(config, model, x, y)
+    x = torch.randn(batch_size, 3, size, size)
+    y = torch.randint(0, len(CLASS_NAMES), (batch_size,))
+    strategy = build_strategy(config, model, batch_size=batch_size, device=device)
+    times = harness.run_steps(strategy, harness.repeated_minibatch(x, y, warmup + steps),
+                              train=config != "inference")
+    fo, zo = _partition(model, config)
+    first_ms = times.ms[0] if warmup > 0 else 0.0
+    del strategy, model
     gc.collect()
-    reset = True
-    if cuda:
-        torch.cuda.synchronize()
+    if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        reset = _reset_peak_rss()
-        base = _rss_bytes()
-    first_ms = 0.0
-    for i in range(warmup):
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        first_ms = (time.perf_counter() - start) * 1000 if i == 0 else first_ms
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    ms = (time.perf_counter() - start) * 1000 / max(steps, 1)
-    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
-    del step, model, x, y
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-    return Measurement(config, int(peak), int(base), ms, fo, zo, reset, grad_checkpointing, compile, first_ms)
+    return Measurement(config, int(times.peak_bytes), int(times.base_bytes), times.mean_ms(warmup), fo, zo,
+                       times.peak_reset, grad_checkpointing, compile, first_ms)
 
 
 def _measure_in_subprocess(config: str, **kw: Any) -> Measurement:
@@ -446,120 +393,99 @@ def _worker_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(_worker_main())
+# --------------------------------------------------------------------------- ConDU through its plugin
 
-
-# --------------------------------------------------------------------------- ConDU fusion sessions
+CONDU_CLASSES_PER_TASK = 2  # classes per experience of the bench's stream
+CONDU_TRAIN_PER_CLASS = 2  # training images per class: one training iteration of 4 images per experience
+CONDU_LR = 1e-5  # ConDU's recipe (strategies.condu.strategy.RECIPE)
+CONDU_END_HOOKS = ("after_training_exp", "after_training")  # where the plugin's end-of-experience work may run
 
 
 @dataclass
 class CondUSession:
     """One ConDU session's figures (bytes, milliseconds); "extra" is above the memory held before it."""
 
-    session: int  # t: tasks after this session's unify
+    session: int  # t: tasks after this session
     copy_bytes: int  # one model copy: the fp32 trainable tensors of one task model
-    unify_ms: float
-    unify_extra_bytes: int  # peak during unify_into − memory before it (model, θ⁰, U, triggers)
-    decouple_ms: float
-    decouple_extra_bytes: int  # peak during decouple_into of one task − memory before it
+    end_ms: float  # what the plugin runs at the end of the experience (δ, unify, triggers, prototypes)
+    end_extra_bytes: int  # peak during it − memory in use right before it
     peak_reset: bool = True  # CPU: the RSS high-water mark could be reset before each measurement
 
 
-class _MemoryProbe:
-    """Peak-above-baseline of one code section: CUDA allocator stats, or this process's RSS (Linux)."""
+class _SyntheticImages(Dataset):
+    """Random images drawn on access (seeded by index: no memory held), with ``targets``."""
 
-    def __init__(self, device: str) -> None:
-        self.cuda = torch.device(device).type == "cuda"
-        self.reset_ok = True
+    def __init__(self, targets: list[int], size: int, seed: int) -> None:
+        self.targets, self.size, self.seed = targets, size, seed
 
-    def start(self) -> int:
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            return torch.cuda.memory_allocated()
-        self.reset_ok = _reset_peak_rss() and self.reset_ok
-        return _rss_bytes()
+    def __len__(self) -> int:
+        return len(self.targets)
 
-    def peak(self) -> int:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated()
-        return _peak_rss_bytes()
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.randn(3, self.size, self.size, generator=gen), self.targets[index]
 
 
-def _synthetic_condu_state(params: dict[str, torch.Tensor], tasks: int,
-                           gen: torch.Generator) -> tuple[dict[str, torch.Tensor], list[Trigger]]:
-    """A unified delta and ``tasks`` triggers of random content (cost does not depend on the values)."""
-    unified = {n: torch.empty_like(p).normal_(0.0, 1e-3, generator=gen) for n, p in params.items()}
-    mask_gen = torch.Generator().manual_seed(0)  # masks live on the CPU (fusion's mask_device)
-    triggers = []
-    for i in range(tasks):
-        masks = {n: torch.randint(0, 256, ((p.numel() + 7) // 8,), dtype=torch.uint8, generator=mask_gen)
-                 for n, p in params.items()}
-        triggers.append(Trigger(mask=masks, shapes={n: p.shape for n, p in params.items()}, rescaler=1.0 + 0.1 * i))
-    return unified, triggers
+def _condu_streams(tasks: int, size: int, eval_images: int) -> tuple[Any, Any]:
+    """The same ``tasks`` experiences of :data:`CONDU_CLASSES_PER_TASK` classes twice: without task labels
+    (ConDU's ``inference: auto`` aggregates) and with them (task-aware); ``eval_images`` test images per
+    experience."""
+    from avalanche.benchmarks import nc_benchmark
+
+    n = tasks * CONDU_CLASSES_PER_TASK
+    per_class = -(-eval_images // CONDU_CLASSES_PER_TASK)
+    train = _SyntheticImages([c for c in range(n) for _ in range(CONDU_TRAIN_PER_CLASS)], size, seed=1)
+    test = _SyntheticImages([c for c in range(n) for _ in range(per_class)], size, seed=2)
+    return tuple(nc_benchmark(train, test, n_experiences=tasks, task_labels=labels, shuffle=False)
+                 for labels in (False, True))
 
 
-def _warm_up_fusion(session: int, device: str) -> None:
-    """One session on a toy state first: the first use of each kernel pages in its code (CPU RSS)."""
-    from strategies.condu.fusion import decouple_into, unify_into
+def _condu_run(*, arch: str, units: str, tasks: int, device: str, top_k: int = 4, batch_size: int = 32,
+               eval_images: int = 32) -> tuple[Any, list[CondUSession], tuple[Any, Any]]:
+    """Train :class:`~strategies.condu.ConDU` (public constructor, Avalanche's ``train``) on ``tasks``
+    experiences, one training iteration each, with a :class:`~runs.harness.HookBracket` around its
+    plugin: the strategy, each session's figures, and the (aggregated, task-aware) streams."""
+    from strategies.condu import ConDU, ConDUPlugin
 
-    toy = {"w": torch.randn(3 * 4096 + 5, device=device)}
-    toy0 = {"w": torch.zeros_like(toy["w"])}
-    unified, triggers = (None, []) if session == 1 else _synthetic_condu_state(toy, session - 1,
-                                                                               torch.Generator(device=device))
-    unified, triggers = unify_into(unified, triggers, toy, toy0, chunk_bytes=1)
-    decouple_into(toy, toy0, unified, triggers[0], chunk_bytes=1)
-
-
-def measure_condu_session(session: int, *, arch: str = "clip-tiny", units: str = "full", device: str = "cpu",
-                          chunk_bytes: int | None = None) -> CondUSession:
-    """Time and extra peak memory of ConDU session ``session`` (unify_into) and of one decouple_into.
-
-    The state before the session — θ⁰, U and ``session − 1`` triggers, random content — is built
-    in place (no temporaries); θ = θ⁰ + noise stands for the trained task model. A session on a toy
-    state runs first, so that code paged in by the kernels' first use is not counted.
-    """
-    from strategies.condu.fusion import decouple_into, unify_into
-
-    if session < 1:
-        raise ValueError(f"session must be >= 1, got {session}")
+    if tasks < 1:
+        raise ValueError(f"bench condu: tasks must be >= 1, got {tasks}")
     device = str(resolve_device(device))
     torch.manual_seed(0)
     model, _, _ = build_clip(ModelConfig(arch=arch, pretrained="none", units=UnitsConfig(kind=units)), device)
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    if not params:
+    copy = sum(p.numel() * 4 for p in model.trainable_parameters())
+    if not copy:
         raise ValueError(f"units={units!r} leaves no trainable tensor: ConDU needs full or lora")
-    theta0 = {n: p.clone() for n, p in params.items()}
-    gen = torch.Generator(device=device).manual_seed(0)
-    unified, triggers = (None, []) if session == 1 else _synthetic_condu_state(params, session - 1, gen)
-    for n, p in params.items():  # θ = θ⁰ + noise, in place
-        p.normal_(0.0, 1e-3, generator=gen).add_(theta0[n])
-    _warm_up_fusion(session, device)
-    probe = _MemoryProbe(device)
-    base = probe.start()
-    start = time.perf_counter()
-    unified, triggers = unify_into(unified, triggers, params, theta0, chunk_bytes=chunk_bytes)
-    if probe.cuda:
-        torch.cuda.synchronize()
-    unify_ms, unify_extra = (time.perf_counter() - start) * 1000, probe.peak() - base
-    base = probe.start()
-    start = time.perf_counter()
-    decouple_into(params, theta0, unified, triggers[0], chunk_bytes=chunk_bytes)
-    if probe.cuda:
-        torch.cuda.synchronize()
-    decouple_ms, decouple_extra = (time.perf_counter() - start) * 1000, probe.peak() - base
-    copy_bytes = sum(p.numel() * 4 for p in params.values())
-    return CondUSession(session, copy_bytes, unify_ms, max(unify_extra, 0), decouple_ms, max(decouple_extra, 0),
-                        probe.reset_ok)
+    names = class_names(tasks * CONDU_CLASSES_PER_TASK)
+    model.set_class_prompts([[f"a photo of a {name}."] for name in names])
+    agnostic, aware = _condu_streams(tasks, image_size(model), eval_images)
+    strategy = ConDU(model=model, optimizer=torch.optim.AdamW(model.trainable_parameters(), lr=CONDU_LR),
+                     top_k=top_k, cache_models=max(top_k, 1), train_mb_size=CONDU_CLASSES_PER_TASK *
+                     CONDU_TRAIN_PER_CLASS, eval_mb_size=batch_size, train_epochs=1, device=device,
+                     evaluator=harness.silent_evaluator(), eval_every=-1)
+    plugin = next(p for p in strategy.plugins if isinstance(p, ConDUPlugin))
+    bracket = HookBracket(device, CONDU_END_HOOKS).around(strategy, plugin)
+    sessions = []
+    for t, experience in enumerate(agnostic.train_stream, start=1):
+        done = len(bracket.costs)
+        strategy.train(experience, eval_streams=[])
+        costs = bracket.costs[done:]
+        sessions.append(CondUSession(t, copy, sum(c.ms for c in costs), max((c.extra_bytes for c in costs), default=0),
+                                     all(c.peak_reset for c in costs)))
+    return strategy, sessions, (agnostic, aware)
+
+
+def measure_condu_sessions(tasks: int, *, arch: str = "clip-tiny", units: str = "full",
+                           device: str = "cpu") -> list[CondUSession]:
+    """Time and extra peak memory of the ConDU plugin's end of experience, sessions 1..``tasks``, in this
+    process (the real strategy trained on the bench's stream; :func:`_condu_run`)."""
+    return _condu_run(arch=arch, units=units, tasks=tasks, device=device)[1]
 
 
 def _condu_session_in_subprocess(session: int, **kw: Any) -> CondUSession:
-    code = ("import json, sys; from dataclasses import asdict; from runs.bench import measure_condu_session; "
-            "kw = json.loads(sys.argv[2]); print(json.dumps(asdict(measure_condu_session(int(sys.argv[1]), **kw))))")
+    """Session ``session``'s figures from a fresh interpreter (sessions 1..``session`` trained there)."""
+    code = ("import json, sys; from dataclasses import asdict; from runs.bench import measure_condu_sessions; "
+            "kw = json.loads(sys.argv[2]); "
+            "print(json.dumps(asdict(measure_condu_sessions(int(sys.argv[1]), **kw)[-1])))")
     cmd = [sys.executable, "-c", code, str(session), json.dumps(kw)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -568,81 +494,70 @@ def _condu_session_in_subprocess(session: int, **kw: Any) -> CondUSession:
     return CondUSession(**json.loads(lines[-1]))
 
 
-def condu_eval_throughput(*, arch: str = "clip-tiny", units: str = "full", tasks: int = 11, top_k: int = 4,
-                          batch_size: int = 32, batches: int = 3, device: str = "cpu") -> dict[str, float]:
-    """Images per second of ConDU's task-aware and aggregated (top-K + pretrained) predictions.
-
-    ``tasks`` random task models (random U, masks, prototypes), 10 classes; one warm-up pass (text
-    features of every model cached), then ``batches`` timed batches of random images per route.
-    """
-    from strategies.condu.plugin import ConDUConfig, ConDUPlugin
-
-    device = str(resolve_device(device))
-    torch.manual_seed(0)
-    model, _, _ = build_clip(ModelConfig(arch=arch, pretrained="none", units=UnitsConfig(kind=units)), device)
-    model.eval()
-    model.set_class_prompts([[f"a photo of a {name}."] for name in CLASS_NAMES])
-    plugin = ConDUPlugin(model, ConDUConfig(top_k=top_k, inference="aggregated", cache_models=max(top_k, 1)))
-    gen = torch.Generator(device=device).manual_seed(0)
-    plugin.unified, plugin.triggers = _synthetic_condu_state(plugin.theta0, tasks, gen)
-    dim = _embed_dim(model)
-    plugin.prototypes = [torch.nn.functional.normalize(torch.randn(len(CLASS_NAMES), dim), dim=-1)
-                         for _ in range(tasks)]
-    size = image_size(model)
-    images = torch.randn(batch_size, 3, size, size, device=device)
-    routes = {"task-aware": lambda: plugin.logits(model, 0, images),
-              "aggregated": lambda: plugin.predict(model, images, experience=-1)}
+def condu_eval_throughput(strategy: Any, streams: tuple[Any, Any], *, batch_size: int) -> dict[str, tuple[float,
+                                                                                                        float]]:
+    """(images per second, first minibatch ms) of the trained ConDU strategy's evaluation of experience 0,
+    task-aware (the task-labelled stream) and aggregated (top-K + pretrained), through Avalanche's
+    ``eval`` (:func:`runs.harness.run_steps`). The first minibatch (text features, task models) is the
+    warm-up; the rest is timed."""
+    agnostic, aware = streams
     out = {}
-    for name, route in routes.items():
-        route()  # warm-up: text features, model cache
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(batches):
-            route()
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        out[name] = batches * batch_size / (time.perf_counter() - start)
+    for name, stream in (("task-aware", aware), ("aggregated", agnostic)):
+        experience = stream.test_stream[0]
+        times = harness.run_steps(strategy, experience, train=False)
+        images = len(experience.dataset) - min(batch_size, len(experience.dataset))
+        timed = sum(times.timed(1))
+        out[name] = (images / (timed / 1000) if timed else math.nan, times.ms[0])
     return out
 
 
 def bench_condu(*, arch: str = "clip-tiny", units: str = "full", tasks: int = 11, device: str = "auto",
-                top_k: int = 4, batch_size: int = 32, classes_per_task: int = 100,
-                chunk_bytes: int | None = None, isolate: bool | None = None) -> str:
-    """ConDU fusion per session (unify / decouple time and extra peak memory), eval throughput, storage.
+                top_k: int = 4, batch_size: int = 32, batches: int = 3, classes_per_task: int = 100,
+                isolate: bool | None = None) -> str:
+    """What the ConDU plugin runs, through :class:`~strategies.condu.ConDU` on Avalanche's loops: per
+    session its end of experience (time, extra peak memory), then evaluation throughput (task-aware and
+    aggregated), then the storage table.
 
     Memory: CUDA — ``max_memory_allocated`` − allocated before, in this process; CPU — ``ru_maxrss``
-    − RSS before, one fresh process per session (``isolate``, default on CPU) with the high-water
-    mark reset right before each measurement (``/proc/self/clear_refs``).
+    − RSS before, one fresh process per session (``isolate``, default on CPU; sessions 1..t trained
+    there) with the high-water mark reset right before the measured hook.
     """
     device = str(resolve_device(device))
     cuda = torch.device(device).type == "cuda"
     isolate = (not cuda) if isolate is None else isolate
-    kw = {"arch": arch, "units": units, "device": device, "chunk_bytes": chunk_bytes}
-    sessions = [(_condu_session_in_subprocess if isolate else measure_condu_session)(t, **kw)
-                for t in range(1, tasks + 1)]
+    strategy, sessions, streams = _condu_run(arch=arch, units=units, tasks=tasks, device=device, top_k=top_k,
+                                             batch_size=batch_size, eval_images=(1 + batches) * batch_size)
+    if isolate:
+        sessions = [_condu_session_in_subprocess(t, arch=arch, units=units, device=device)
+                    for t in range(1, tasks + 1)]
     copy = sessions[0].copy_bytes
     how = ("torch.cuda.max_memory_allocated() − memory allocated before, in one process" if cuda else
            "ru_maxrss − RSS before, " + ("a fresh process per session" if isolate else "one process (not isolated)")
            + ("" if all(s.peak_reset for s in sessions) else "; RSS high-water mark NOT reset: peaks overstated"))
     where = f"{device} ({torch.cuda.get_device_name(torch.device(device))})" if cuda else device
-    lines = [f"ConDU fusion: arch {arch}, units {units}, {tasks} tasks, device {where}, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} CPU threads. One model copy = the fp32 trainable tensors "
-             f"({copy / MIB:.2f} MiB). Extra memory: {how}.", "",
-             "| session t | unify (ms) | unify extra peak (MiB) | ÷ model copy | decouple one task (ms) "
-             "| decouple extra peak (MiB) | ÷ model copy |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    train_images = CONDU_CLASSES_PER_TASK * CONDU_TRAIN_PER_CLASS
+    lines = [f"ConDU through its plugin (ConDU strategy, Avalanche train/eval): arch {arch}, units {units}, "
+             f"{tasks} tasks of {CONDU_CLASSES_PER_TASK} classes, device {where}, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} CPU threads. Each experience: one training iteration of {train_images} "
+             f"images, then the plugin's end of experience (δ, unify, triggers, prototypes of the {train_images} "
+             f"images). One model copy = the fp32 trainable tensors ({copy / MIB:.2f} MiB). Extra memory: {how}.",
+             "",
+             "| session t | end of experience (ms) | extra peak (MiB) | ÷ model copy |",
+             "|---:|---:|---:|---:|"]
     for s in sessions:
-        lines.append(f"| {s.session} | {s.unify_ms:.1f} | {s.unify_extra_bytes / MIB:.2f} | "
-                     f"{s.unify_extra_bytes / copy:.2f} | {s.decouple_ms:.1f} | {s.decouple_extra_bytes / MIB:.2f} | "
-                     f"{s.decouple_extra_bytes / copy:.2f} |")
-    lines.append(f"\nunify total over {tasks} sessions: {sum(s.unify_ms for s in sessions) / 1000:.2f} s")
-    speed = condu_eval_throughput(arch=arch, units=units, tasks=tasks, top_k=top_k, batch_size=batch_size,
-                                  device=device)
-    lines += ["", f"Evaluation throughput, batch {batch_size}, K = {top_k} of {tasks} tasks "
-              f"(ideal ratio 1/(K+1) = {1 / (top_k + 1):.2f}):", "",
-              "| prediction | images/s | ÷ task-aware |", "|---|---:|---:|"]
-    for name, value in speed.items():
-        lines.append(f"| {name} | {value:.1f} | {value / speed['task-aware']:.2f} |")
+        lines.append(f"| {s.session} | {s.end_ms:.1f} | {s.end_extra_bytes / MIB:.2f} | "
+                     f"{s.end_extra_bytes / copy:.2f} |")
+    lines.append(f"\nend of experience total over {tasks} sessions: {sum(s.end_ms for s in sessions) / 1000:.2f} s")
+    speed = condu_eval_throughput(strategy, streams, batch_size=batch_size)
+    lines += ["", f"Evaluation of experience 0 through the template, batch {batch_size}, {batches} timed "
+              f"minibatches after one warm-up, K = {top_k} of {tasks} tasks (ideal ratio 1/(K+1) = "
+              f"{1 / (top_k + 1):.2f}); the first minibatch loads the task models and text features:", "",
+              "| prediction | images/s | ÷ task-aware | first minibatch (ms) |", "|---|---:|---:|---:|"]
+    for name, (value, first) in speed.items():
+        lines.append(f"| {name} | {value:.1f} | {value / speed['task-aware'][0]:.2f} | {first:.1f} |")
     lines += ["", condu_storage(arch, units, classes_per_task, tasks)]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

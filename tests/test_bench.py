@@ -1,4 +1,5 @@
-"""Benchmarks of runs/bench.py on the tiny CLIP: MoZO's memory/time table and ConDU's storage figures."""
+"""Benchmarks of runs/bench.py on the tiny CLIP: MoZO's memory/time table (through :mod:`runs.harness`) and
+ConDU's storage figures; the harness itself; the studies' CLI (``study`` and the deprecated ``bench`` names)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,38 @@ def test_condu_storage_mask_bytes_are_one_bit_per_lora_parameter():
     table = condu_storage(arch="clip-tiny", units="lora", classes_per_task=2, tasks=3)
     assert f"| per task: mask (1 bit per trainable parameter) | {expected_mask:,} |" in table
     assert f"| total ConDU storage (3 tasks) | {fig['total']:,} |" in table
+
+
+def test_harness_times_every_iteration_of_a_real_template(tiny_model_factory):
+    from avalanche.training import Naive
+
+    from runs import harness
+
+    model = tiny_model_factory("moe")
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    strategy = harness.naive(model, torch.optim.SGD(model.trainable_parameters(), lr=0.1), batch_size=4,
+                             device="cpu")
+    assert isinstance(strategy, Naive)
+    times = harness.run_steps(strategy, harness.repeated_minibatch(x, y, 3))
+    assert len(times.ms) == 3 and all(t > 0 for t in times.ms)
+    assert times.peak_bytes > 0 and times.mean_ms(1) == sum(times.ms[1:]) / 2
+    assert strategy.clock.train_iterations == 3 and not any(isinstance(p, harness.StepTimer) for p in strategy.plugins)
+    evaluated = harness.run_steps(strategy, harness.repeated_minibatch(x, y, 2), train=False)
+    assert len(evaluated.ms) == 2
+
+
+def test_study_cli_and_deprecated_bench_names(monkeypatch, capsys):
+    import runs.studies.align as align
+    import runs.studies.zo_precision as zo_precision
+    from runs.__main__ import main
+
+    monkeypatch.setattr(align, "main", lambda args: f"align {args.arch} {args.directions} {args.ratios}")
+    monkeypatch.setattr(zo_precision, "zo_precision_table", lambda **kw: f"precision {kw['n_directions']}")
+    assert main(["study", "align", "--directions", "3", "--ratios", "0.5"]) == 0
+    assert capsys.readouterr().out.strip() == "align clip-tiny 3 0.5"
+    assert main(["bench", "mozo-align", "--directions", "3", "--ratios", "0.5"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "align clip-tiny 3 0.5" and "study align" in out.err and "deprecated" in out.err
+    assert main(["bench", "zo-precision", "--directions", "7"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "precision 7" and "study zo-precision" in out.err

@@ -1,7 +1,8 @@
 """How well each reading of MoZO's vision constraint aligns the vision update with the true gradient.
 
-CLI: ``python -m runs bench mozo-align --arch clip-tiny-12l`` (and ``--arch ViT-B-16 --batch-size 4
---directions 10``). Random weights are enough: alignment is a property of the estimator, not of accuracy.
+CLI: ``python -m runs study align --arch clip-tiny-12l`` (and ``--arch ViT-B-16 --batch-size 4
+--directions 10``; ``bench mozo-align`` is a deprecated alias). Random weights are enough: alignment is a
+property of the estimator, not of accuracy.
 
 Set-up per seed: a CLIP of the given size with MoE units (random init; up-projections and routers
 drawn N(0, 0.02²) instead of zero, so that every unit parameter has a gradient), model in eval mode
@@ -47,7 +48,8 @@ from torch import nn
 
 import strategies  # noqa: F401  (torchvision shim before open_clip / avalanche)
 from strategies.clip import CLIPClassifier, ModelConfig, UnitsConfig, build_clip, image_size
-from strategies.mozo.plugin import MoZOConfig, MoZOPlugin
+from strategies.mozo import MoZOConfig
+from strategies.mozo.selector import select_zo_units
 from strategies.mozo.zo import ZOGroup, directions, zo_estimate
 from strategies.training import resolve_device
 
@@ -67,20 +69,28 @@ class AlignmentRow:
     step: float = 1.0
 
 
-class _Strategy:
-    """What :meth:`MoZOPlugin.closures` reads."""
+@dataclass
+class _Problem:
+    """One seed's model, minibatch and MoZO's default ZO units split by tower (vision, language)."""
 
-    def __init__(self, model: CLIPClassifier, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.model, self.mb_x, self.mb_y = model, x, y
-        self._criterion = nn.CrossEntropyLoss()
+    model: CLIPClassifier
+    x: torch.Tensor
+    y: torch.Tensor
+    vision: list[torch.Tensor]
+    language: list[torch.Tensor]
+
+    def loss(self) -> torch.Tensor:
+        """The minibatch loss at the current θ (eval mode: deterministic), no graph."""
+        with torch.no_grad():
+            return nn.functional.cross_entropy(self.model(self.x), self.y)
 
 
 def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1).double() for t in tensors])
 
 
-def _setup(arch: str, batch_size: int, seed: int, device: str) -> tuple[_Strategy, MoZOPlugin]:
-    """Random-init model with non-zero units, a minibatch, and the plugin's default partition."""
+def _setup(arch: str, batch_size: int, seed: int, device: str) -> _Problem:
+    """Random-init model with non-zero units, a minibatch, and MoZO's default partition (dual, hop-even)."""
     torch.manual_seed(seed)
     model, _, _ = build_clip(ModelConfig(arch=arch, pretrained="none", units=UnitsConfig(kind="moe")), device)
     gen = torch.Generator().manual_seed(10_000 + seed)
@@ -94,35 +104,37 @@ def _setup(arch: str, batch_size: int, seed: int, device: str) -> tuple[_Strateg
     size = image_size(model)
     x = torch.randn(batch_size, 3, size, size, generator=gen).to(device)
     y = torch.randint(0, len(CLASS_NAMES), (batch_size,), generator=gen).to(device)
-    plugin = MoZOPlugin(MoZOConfig(branch="dual", layers="hop-even"))
-    plugin.attach(model)
-    return _Strategy(model, x, y), plugin
+    cfg = MoZOConfig()  # the paper's units: dual branch, hop-even layers
+    keys = sorted(select_zo_units(model.units.keys(), cfg.branch, cfg.layers, one_based=cfg.one_based))
+    tower = {b: [p for k in keys if k[0] == b for p in model.units[k].parameters()] for b in ("vision", "language")}
+    for p in tower["vision"] + tower["language"]:
+        p.requires_grad_(False)  # ZO units live outside autograd, as under MoZOPlugin
+    return _Problem(model, x, y, tower["vision"], tower["language"])
 
 
-def _vision_gradient(strategy: _Strategy, vision: ZOGroup) -> torch.Tensor:
-    model = strategy.model
-    for p in vision.params:
+def _vision_gradient(problem: _Problem) -> torch.Tensor:
+    params = problem.vision
+    for p in params:
         p.requires_grad_(True)
     try:
-        loss = strategy._criterion(model(strategy.mb_x), strategy.mb_y)
+        loss = nn.functional.cross_entropy(problem.model(problem.x), problem.y)
         # router noise weights are unused in eval mode: their gradient (and every probe's effect) is zero
-        grads = torch.autograd.grad(loss, vision.params, allow_unused=True)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
     finally:
-        for p in vision.params:
+        for p in params:
             p.requires_grad_(False)
-    return _flat([torch.zeros_like(p) if d is None else d for p, d in zip(vision.params, grads, strict=True)])
+    return _flat([torch.zeros_like(p) if d is None else d for p, d in zip(params, grads, strict=True)])
 
 
-def _seed_figures(strategy: _Strategy, plugin: MoZOPlugin, ratios: Sequence[float], n_dirs: int,
+def _seed_figures(problem: _Problem, ratios: Sequence[float], n_dirs: int,
                   seed: int) -> dict[tuple[str, float], tuple[float, float]]:
     """(cos(K), agreement) of every reading and ratio for one seed."""
-    vision_base, language = plugin.groups  # dual branch: (vision, language)
-    g = _vision_gradient(strategy, vision_base)
-    full, _ = plugin.closures(strategy, model_seed=0)
+    g = _vision_gradient(problem)
+    full = problem.loss
     out: dict[tuple[str, float], tuple[float, float]] = {}
     for ratio in ratios:
-        vision = ZOGroup("vision", vision_base.params, EPS_LANGUAGE * ratio)
-        groups = [vision, ZOGroup("language", language.params, EPS_LANGUAGE)]
+        vision = ZOGroup("vision", problem.vision, EPS_LANGUAGE * ratio)
+        groups = [vision, ZOGroup("language", problem.language, EPS_LANGUAGE)]
         sums = {r: torch.zeros_like(g) for r in ("joint", "per_tower")}
         cos = {r: 0.0 for r in ("joint", "per_tower")}
         oracle = 0.0
@@ -148,15 +160,15 @@ def alignment_table(*, arch: str = "clip-tiny-12l", batch_size: int = 8, directi
                     seeds: int = 5, ratios: Sequence[float] = (1.0, 0.5, 0.1), device: str = "cpu") -> str:
     """Markdown table of the readings' alignment (module docstring)."""
     if directions_per_seed < 1 or seeds < 1 or not ratios:
-        raise ValueError("mozo-align: directions, seeds and ratios must be >= 1 / non-empty")
+        raise ValueError("study align: directions, seeds and ratios must be >= 1 / non-empty")
     device = str(resolve_device(device))
     rows = {(r, q): AlignmentRow(r, q, step=q if r == "scaled" else 1.0) for q in ratios for r in READINGS}
     started = time.perf_counter()
     n_vision = 0
     for seed in range(seeds):
-        strategy, plugin = _setup(arch, batch_size, seed, device)
-        n_vision = sum(p.numel() for p in plugin.groups[0].params)
-        for key, (cos_k, agreement) in _seed_figures(strategy, plugin, ratios, directions_per_seed, seed).items():
+        problem = _setup(arch, batch_size, seed, device)
+        n_vision = sum(p.numel() for p in problem.vision)
+        for key, (cos_k, agreement) in _seed_figures(problem, ratios, directions_per_seed, seed).items():
             rows[key].cos_k.append(cos_k)
             rows[key].agreement.append(agreement)
     minutes = (time.perf_counter() - started) / 60
@@ -179,7 +191,7 @@ def _mean_std(values: list[float]) -> str:
 
 
 def main(args: Any) -> str:
-    """``python -m runs bench mozo-align`` (``runs/__main__.py`` passes its parsed arguments)."""
+    """``python -m runs study align`` (``runs/__main__.py`` passes its parsed arguments)."""
     ratios = tuple(float(r) for r in str(args.ratios).split(","))
     return alignment_table(arch=args.arch, batch_size=args.batch_size, directions_per_seed=args.directions,
                            seeds=args.seeds, ratios=ratios, device=args.device)

@@ -1,4 +1,4 @@
-"""How faithful is a ZO probe under low precision? (``python -m runs bench zo-precision``)
+"""How faithful is a ZO probe under low precision? (``python -m runs study zo-precision``)
 
 For ``directions`` random z ~ N(0, I) over every unit of both towers (MoZO's Dual ZO, per-group radii
 D = diag(ε_g), ε_vision = ``eps_vision``, ε_language = ``eps_language``), on one random minibatch of a
@@ -151,7 +151,7 @@ def format_agreement(results: Sequence[Agreement], header: str) -> str:
     return "\n".join(lines)
 
 
-def bench_zo_precision(*, arch: str = "clip-tiny-12l", units: str = "moe", batch_size: int = 32,
+def zo_precision_table(*, arch: str = "clip-tiny-12l", units: str = "moe", batch_size: int = 32,
                        n_directions: int = 50, device: str = "cpu", settings: Sequence[str] = SETTINGS,
                        seed: int = 0) -> str:
     """Markdown table of :func:`measure_agreement` with the machine and the command's figures."""
