@@ -257,8 +257,8 @@ def bench_mozo(*, arch: str = "clip-tiny", batch_size: int = 8, steps: int = 5, 
         raise ValueError(f"unknown configurations {bad}; expected some of {', '.join(CONFIGS)}")
     cuda = torch.device(device).type == "cuda"
     isolate = (not cuda) if isolate is None else isolate
-    kw = {"arch": arch, "batch_size": batch_size, "steps": steps, "device": device, "units": units,
-          "warmup": warmup}
+    kw: dict[str, Any] = {"arch": arch, "batch_size": batch_size, "steps": steps, "device": device,
+                          "units": units, "warmup": warmup}
     ckpts = (False, True) if grad_checkpointing else (False,)
     variants = [(c, ckpt, comp) for c in configs for ckpt in (ckpts if c != "inference" else (False,))
                 for comp in ((False, True) if compile else (False,))]

@@ -106,9 +106,10 @@ def _setup(arch: str, batch_size: int, seed: int, device: str) -> _Problem:
     y = torch.randint(0, len(CLASS_NAMES), (batch_size,), generator=gen).to(device)
     cfg = MoZOConfig()  # the paper's units: dual branch, hop-even layers
     keys = sorted(select_zo_units(model.units.keys(), cfg.branch, cfg.layers, one_based=cfg.one_based))
-    tower = {b: [p for k in keys if k[0] == b for p in model.units[k].parameters()] for b in ("vision", "language")}
-    for p in tower["vision"] + tower["language"]:
-        p.requires_grad_(False)  # ZO units live outside autograd, as under MoZOPlugin
+    tower: dict[str, list[torch.Tensor]] = {
+        b: [p for k in keys if k[0] == b for p in model.units[k].parameters()] for b in ("vision", "language")}
+    for t in tower["vision"] + tower["language"]:
+        t.requires_grad_(False)  # ZO units live outside autograd, as under MoZOPlugin
     return _Problem(model, x, y, tower["vision"], tower["language"])
 
 

@@ -54,7 +54,7 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 @contextlib.contextmanager
 def _units_in_fp32(units: Sequence[torch.nn.Module]) -> Iterator[None]:
     """Run every unit's forward with autocast off and its input in fp32 (output cast back)."""
-    def pre(_m: torch.nn.Module, args: tuple) -> tuple:
+    def pre(_m: torch.nn.Module | None, args: tuple) -> tuple:
         return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
 
     originals = []
@@ -95,7 +95,7 @@ def measure_agreement(*, arch: str = "clip-tiny-12l", units: str = "moe", batch_
     size = image_size(model)
     x = torch.randn(batch_size, 3, size, size, device=dev)
     y = torch.randint(0, classes, (batch_size,), device=dev)
-    groups_of = {"vision": [], "language": []}
+    groups_of: dict[str, list[torch.Tensor]] = {"vision": [], "language": []}
     for (branch, _), unit in sorted(model.units.items()):
         groups_of[branch].extend(unit.parameters())
 
@@ -107,8 +107,8 @@ def measure_agreement(*, arch: str = "clip-tiny-12l", units: str = "moe", batch_
     params = [p for ps in groups_of.values() for p in ps]
     grads = [torch.zeros_like(p) if g is None else g  # e.g. the noise weights of a router in eval mode
              for p, g in zip(params, torch.autograd.grad(loss(), params, allow_unused=True), strict=True)]
-    for p in params:
-        p.requires_grad_(False)
+    for t in params:
+        t.requires_grad_(False)
     grad_of = {id(p): g for p, g in zip(params, grads, strict=True)}
     results = []
     for setting in settings:
@@ -136,8 +136,8 @@ def measure_agreement(*, arch: str = "clip-tiny-12l", units: str = "moe", batch_
                     restore(groups, 1000 + i, sign)
             probed.append((values[0] - values[1]) / 2)
         ms = (time.perf_counter() - start) * 1000 / (2 * n_directions)
-        e, p = torch.tensor(exact), torch.tensor(probed)
-        results.append(Agreement(setting, _pearson(e, p), float((torch.sign(e) == torch.sign(p)).double().mean()),
+        e, q = torch.tensor(exact), torch.tensor(probed)
+        results.append(Agreement(setting, _pearson(e, q), float((torch.sign(e) == torch.sign(q)).double().mean()),
                                  n_directions, ms))
     return results
 
