@@ -67,21 +67,30 @@ def test_unify_extra_cuda_memory_is_below_one_model_copy_at_11_tasks():
 def test_bench_condu_measures_the_plugin_through_the_strategy(monkeypatch):
     """The end-of-experience figure is the plugin's own hook work (unify_into is called inside it), and the
     evaluation goes through the harness, as the MoZO bench does."""
-    import strategies.condu.plugin as plugin_module
+    import sys
+
     from runs import harness
 
     unified, evaluated = [], []
-    real_unify, real_run = plugin_module.unify_into, harness.run_steps
+    real_run = harness.run_steps
 
-    def unify(*a, **kw):
-        unified.append(1)
-        return real_unify(*a, **kw)
+    def counting(fn):
+        def unify(*a, **kw):
+            unified.append(1)
+            return fn(*a, **kw)
+        return unify
 
     def run(strategy, experience, **kw):
         evaluated.append(kw.get("train", True))
         return real_run(strategy, experience, **kw)
 
-    monkeypatch.setattr(plugin_module, "unify_into", unify)
+    import strategies.condu  # noqa: F401  (its modules loaded)
+
+    users = [m for name, m in list(sys.modules.items()) if name.startswith("strategies.condu.")
+             and name != "strategies.condu.fusion" and hasattr(m, "unify_into")]
+    assert users  # the module of the plugin (or of its task-model store) that calls fusion.unify_into
+    for module in users:
+        monkeypatch.setattr(module, "unify_into", counting(module.unify_into))
     monkeypatch.setattr(harness, "run_steps", run)
     bench_condu(arch="clip-tiny", units="lora", tasks=2, device="cpu", top_k=1, batch_size=4, batches=1, isolate=False)
     assert unified == [1, 1]  # one unify per session, run by the plugin
