@@ -51,7 +51,7 @@ def _agreement(model, plugin, batch):
     for i in range(DIRECTIONS):
         zs = directions(plugin.groups, 100 + i)
         exact = sum(float((g * z).sum()) * e for g, z, e in zip(grads, zs, eps, strict=True))
-        with plugin._probe_scope(model):
+        with plugin.probe_scope(model):
             full, _ = plugin.closures(batch, 7)
             est = zo_estimate(plugin.groups, full, 100 + i, center_loss=False)
         agree += (exact > 0) == (est.projected[0] > 0)
@@ -70,7 +70,7 @@ def test_default_probe_precision_keeps_the_sign_under_bf16_training(tiny_model_f
     seen = []
     block = model.clip.visual.transformer.resblocks[0].mlp
     handle = block.register_forward_hook(lambda _m, _a, out: seen.append(out.dtype))
-    with plugin._probe_scope(model):
+    with plugin.probe_scope(model):
         plugin.closures(batch, 7)[0]()
     handle.remove()
     assert seen == [torch.float32]  # the probe really ran without autocast
@@ -88,7 +88,7 @@ def test_train_probe_precision_runs_the_probes_in_bf16(tiny_model_factory):
     block = model.clip.visual.transformer.resblocks[0].mlp
     handle = block.register_forward_hook(lambda _m, _a, out: seen.append(out.dtype))
     batch = _Batch(model, torch.randn(4, 3, 32, 32).to(model.device), torch.tensor([0, 1, 2, 0]).to(model.device))
-    with plugin._probe_scope(model):
+    with plugin.probe_scope(model):
         plugin.closures(batch, 7)[0]()
     handle.remove()
     assert seen == [torch.bfloat16]
@@ -127,12 +127,11 @@ runs:
 def test_zo_units_stay_float32_through_a_bf16_mozo_step(tiny_model_factory):
     """Autocast never casts the parameters themselves: the ZO units (outside autograd) and the FO units
     are float32 after a step whose FO forward and backward ran under bf16."""
-    from test_mozo_step_cost import _iteration, _setup
+    from test_mozo_step_cost import _train
 
     model = _model(tiny_model_factory).train()
     model.set_precision("bf16")
-    plugin, s = _setup(model, True)
-    _iteration(plugin, s)
+    plugin, _ = _train(model, True, 1)  # one iteration of Naive + MoZOPlugin (runs.harness)
     assert plugin.last is not None and plugin.groups
     assert all(p.dtype == torch.float32 for g in plugin.groups for p in g.params)
     assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32

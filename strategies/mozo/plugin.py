@@ -6,21 +6,24 @@ Works on any Avalanche ``SupervisedTemplate`` whose model is a :class:`~strategi
 the others stay first-order (FO) and are updated by the strategy's optimizer (which may have been
 built before: Avalanche re-collects the parameters, and parameters without a gradient are skipped).
 At every iteration, after the FO backward and before the FO optimizer step (so both updates are
-estimated at the same θ), the plugin runs one ZO step over the ZO units (MoZO §3): per-branch ε
-(ε_vision < ε_language), sign-normalised estimate, conservative candidate selection.
+estimated at the same θ), the plugin runs one ZO step over the ZO units (MoZO §3, :mod:`.zo`):
+per-branch ε (ε_vision < ε_language), sign-normalised estimate, conservative candidate selection.
 
-Choices where the paper is silent (documented in the README, "Fidelity / MoZO"):
+The plugin only wires hooks to MoZO's parts: the step's seeded FO forward (:mod:`.seeded`), the
+losses it evaluates (:mod:`.closures`: feature reuse, penalty replay), the replayed unit noise
+(:mod:`.noise`) and prefix activations (:mod:`.prefix`). Choices where the paper is silent
+(docs/methods/mozo.md, "Fidelity"):
+
 - ZO learning rate: the optimizer's *current* lr (so it follows whatever schedule drives the
   optimizer), or ``zo_lr`` × current lr / base lr, the base lr being the optimizer's initial lr read
   at the first ``before_training``; ``mix`` (λ) multiplies it;
 - model randomness (dropout, router noise): one model seed per step drawn independently of the
-  direction seed, shared by every probe and candidate of the step; each tower gets its own stream
-  (seed, seed + 1), so a tower's features are the same whether or not the other tower is recomputed;
+  direction seed, shared by every evaluation of the step, one stream per tower (:class:`TowerSeeds`);
 - ``vision_perturbation``: how "constrain the vision perturbation" is read (see :class:`MoZOConfig`);
 - other plugins' penalties: with ``penalties`` (default) every ZO loss evaluation replays the
-  ``before_backward`` of Avalanche's LwF / EWC / SI / MAS plugins attached to the strategy, so the
-  ZO units minimise the same objective as the FO units; other plugins that touch ``before_backward``
-  are not replayed (they may sample buffers or run extra passes) and a warning says so;
+  ``before_backward`` of Avalanche's LwF / EWC / SI / MAS plugins attached to the strategy
+  (:class:`PenaltyReplay`); other plugins that touch ``before_backward`` are not replayed (they may
+  sample buffers or run extra passes) and a warning says so;
 - a step with no FO unit (Dual, all layers) builds no autograd graph; the loss gets a zero term
   with a gradient so that any template's ``backward`` runs;
 - per-step figures (ZO loss, projected gradient, accepted candidate) are published through the
@@ -30,6 +33,8 @@ Choices where the paper is silent (documented in the README, "Fidelity / MoZO"):
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,40 +43,36 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.plugins import EvaluationPlugin, EWCPlugin, LwFPlugin, MASPlugin, SynapticIntelligencePlugin
 
 from ..clip import CLIPClassifier, UnitKey
-from ..clip.units import Adapter, MoEAdapter, NoiseTape
-from ..rng import run_seeded
+from ..clip.units import set_noise_recorder
+from .closures import PenaltyReplay, StepLosses
 from .config import MoZOConfig, make_config
-from .prefix import PrefixCache, run_with_prefix
+from .noise import NoiseTape, only_units_draw_noise
+from .prefix import PrefixCache
+from .seeded import SeededForward, TowerSeeds
 from .selector import select_zo_units
 from .zo import LossFn, ZOGroup, ZOStepResult, zo_step
+
+__all__ = ["PENALTY_PLUGINS", "MoZOConfig", "MoZOPlugin"]
 
 logger = logging.getLogger(__name__)
 
 # before_backward only adds a penalty computed from (model, mb_x, mb_output): safe to replay per probe
 PENALTY_PLUGINS: tuple[type, ...] = (LwFPlugin, EWCPlugin, SynapticIntelligencePlugin, MASPlugin)
+CANDIDATE_CODES = {"theta": 0, "minus": -1, "plus": 1, "aggressive": 2, "probe": 3}  # MoZO/candidate figure
 
 
-def _only_units_draw_noise(model: CLIPClassifier) -> bool:
-    """True when no module but the units' own dropout / router draws random numbers (the condition
-    under which :class:`NoiseTape` replay is exact): no backbone dropout, attention dropout or patch
-    dropout with a non-zero rate."""
-    owned = {id(m) for unit in model.modules() if isinstance(unit, (Adapter, MoEAdapter)) for m in unit.modules()}
-    for module in model.modules():
-        if id(module) in owned:
-            continue
-        rate = getattr(module, "p", None) if isinstance(module, torch.nn.Dropout) else None
-        if isinstance(module, torch.nn.MultiheadAttention):
-            rate = module.dropout
-        if type(module).__name__ == "PatchDropout":
-            rate = getattr(module, "prob", 0.0)
-        if rate:
-            return False
-    return True
+@dataclass
+class _Step:
+    """One iteration's seeds and what its FO forward left for the ZO step."""
 
+    seed: int  # direction seed
+    forward: SeededForward  # the FO forward under the step's model seed (TowerSeeds)
+    reuse: bool  # that forward runs at the probes' precision: its L(θ), features, prefix and noise serve
+    at_theta: tuple[torch.Tensor, torch.Tensor] | None = None  # its (image, text) features
 
-def _version(tensors: list[torch.Tensor]) -> int:
-    """Sum of in-place version counters: changes whenever a probe or an update touches a tensor."""
-    return sum(t._version for t in tensors)
+    @property
+    def model_seed(self) -> int:
+        return self.forward.seeds.vision
 
 
 class MoZOPlugin(SupervisedPlugin):
@@ -80,15 +81,16 @@ class MoZOPlugin(SupervisedPlugin):
     ``MoZOPlugin(branch="dual", layers="hop-even", eps_vision=5e-4)`` or ``MoZOPlugin(cfg)``; ``seed``
     seeds the plugin's own generator (direction and model seeds of every step).
 
-    The step's forwards (§ "A cheaper step" in the README): the seeds are drawn at
+    The step's forwards (docs/methods/mozo.md, "MoZO step cost"): the seeds are drawn at
     ``before_training_iteration`` and the first-order forward runs under the step's model randomness
-    (:attr:`CLIPClassifier.tower_seeds`), so L(θ) (criterion plus replayed penalties of its logits),
-    the image features at θ and, for layer-wise configurations, the activations below each tower's
-    lowest ZO layer (:class:`~strategies.mozo.prefix.PrefixCache`) are taken from it instead of being
-    recomputed: 4 ZO forwards per conservative step instead of 5. This holds when that forward ran at
-    the probes' precision (``probe_precision``); otherwise every ZO evaluation is computed.
-    ``reuse_forward=False`` computes everything from scratch under the same seeds: the reference step
-    the equality test compares with (same update).
+    (:class:`~strategies.mozo.seeded.SeededForward`), so L(θ) (criterion plus replayed penalties of its
+    logits), the features at θ, the units' noise (:class:`~strategies.mozo.noise.NoiseTape`) and, for
+    layer-wise configurations, the activations below each tower's lowest ZO layer
+    (:class:`~strategies.mozo.prefix.PrefixCache`) are taken from it instead of being recomputed: 4 ZO
+    forwards per conservative step instead of 5. This holds when that forward ran at the probes'
+    precision (``probe_precision``); otherwise every ZO evaluation is computed. ``reuse_forward=False``
+    computes everything from scratch under the same seeds: the reference step the equality test
+    compares with (same update).
     """
 
     def __init__(self, cfg: MoZOConfig | None = None, *, seed: int = 0, reuse_forward: bool = True,
@@ -104,11 +106,9 @@ class MoZOPlugin(SupervisedPlugin):
         self.groups: list[ZOGroup] = []
         self.penalty_plugins: list[SupervisedPlugin] = []
         self.prefix: PrefixCache | None = None
-        self.tape: NoiseTape | None = None  # the units' dropout masks / router noise of the step (NoiseTape)
+        self.tape: NoiseTape | None = None  # the units' dropout masks / router noise of the step
         self.last: ZOStepResult | None = None
-        self._seeds: tuple[int, int] | None = None  # (direction, model) seeds of the current iteration
-        self._from_forward = False  # the current iteration's FO forward ran seeded at the probes' precision
-        self._at_theta: tuple[torch.Tensor, torch.Tensor] | None = None  # (image, text) features of the FO forward
+        self._step: _Step | None = None  # the current iteration (before_training_iteration .. before_update)
 
     # ---- set-up --------------------------------------------------------------------------------
     def attach(self, model: CLIPClassifier) -> None:
@@ -125,10 +125,8 @@ class MoZOPlugin(SupervisedPlugin):
             for p in group.params:
                 p.requires_grad_(False)  # ZO units live outside autograd: no activations stored for them
         self.prefix = PrefixCache(model.clip, self.zo_keys)
-        self.tape = NoiseTape() if self.reuse_forward and _only_units_draw_noise(model) else None
-        for module in model.modules():
-            if isinstance(module, (Adapter, MoEAdapter)):
-                module.noise_tape = self.tape
+        self.tape = NoiseTape() if self.reuse_forward and only_units_draw_noise(model) else None
+        set_noise_recorder(model, self.tape)
         self.model = model
 
     def _make_groups(self, model: CLIPClassifier) -> list[ZOGroup]:
@@ -173,87 +171,32 @@ class MoZOPlugin(SupervisedPlugin):
     def zo_branches(self) -> set[str]:
         return {g.name for g in self.groups}
 
-    # ---- loss closures -------------------------------------------------------------------------
-    def _loss(self, strategy: Any, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Criterion plus the replayed penalties of LwF / EWC / SI / MAS plugins (module docstring)."""
-        loss = strategy._criterion(logits, y)
-        if not self.penalty_plugins:
-            return loss
-        saved = strategy.mb_output, strategy.loss
-        strategy.mb_output, strategy.loss = logits, loss
-        try:
-            for plugin in self.penalty_plugins:
-                plugin.before_backward(strategy)
-            return strategy.loss
-        finally:
-            strategy.mb_output, strategy.loss = saved
+    # ---- losses and precision (tests, diagnostics, benches) -------------------------------------
+    def step_losses(self, strategy: Any, model_seed: int, at_theta: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    prefix: PrefixCache | None = None) -> StepLosses:
+        """The losses a step under ``model_seed`` evaluates on the strategy's minibatch (:class:`StepLosses`)."""
+        return StepLosses(strategy.model, strategy.mb_x, strategy.mb_y, PenaltyReplay(strategy, self.penalty_plugins),
+                          self.groups, model_seed, at_theta, prefix)
 
     def closures(self, strategy: Any, model_seed: int, at_theta: tuple[torch.Tensor, torch.Tensor] | None = None,
                  prefix: PrefixCache | None = None) -> tuple[LossFn, list[LossFn]]:
-        """Minibatch loss at the current θ, and one closure per ZO group for per-tower probes.
-
-        Each tower's randomness has its own seed (vision ``model_seed``, language ``model_seed + 1``),
-        so the image features with the vision units at θ (detected by their version counters) are
-        those any evaluation at θ computes: given (``at_theta`` = (image, text) features from the FO
-        forward) or computed by the first evaluation at θ, they are reused whenever the vision units
-        are at θ (language-only ZO, language probes), so a per-tower step costs the same forwards as a
-        joint one; the text features of ``at_theta`` likewise while the language units are at θ
-        (otherwise the model's text cache serves). ``prefix``: towers start from the activations
-        recorded below their lowest ZO layer.
-        """
-        model: CLIPClassifier = strategy.model
-        x, y = strategy.mb_x, strategy.mb_y
-        vision_params = [p for g in self.groups if g.name == "vision" for p in g.params]
-        language_params = [p for g in self.groups if g.name == "language" for p in g.params]
-        vision_version, language_version = _version(vision_params), _version(language_params)
-        kept: list[torch.Tensor] = [] if at_theta is None else [at_theta[0]]
-
-        def encode() -> torch.Tensor:
-            if prefix is None:
-                return model.encode_image(x)
-            return run_with_prefix(prefix, "vision", lambda: model.encode_image(x))
-
-        def image_at_theta_fn() -> torch.Tensor:
-            if not kept:
-                kept.append(run_seeded(encode, model_seed))
-            return kept[0]
-
-        def image() -> torch.Tensor:
-            if _version(vision_params) == vision_version:
-                return image_at_theta_fn()
-            return run_seeded(encode, model_seed)
-
-        def text() -> torch.Tensor:
-            if at_theta is not None and _version(language_params) == language_version:
-                return at_theta[1]
-            if prefix is None:
-                return run_seeded(model.text_features, model_seed + 1)
-            return run_seeded(lambda: run_with_prefix(prefix, "language", model.text_features), model_seed + 1)
-
-        def loss_with(image_fn: Any) -> LossFn:
-            def loss() -> torch.Tensor:
-                with torch.no_grad():
-                    return self._loss(strategy, model.logits_from_features(image_fn(), text()), y)
-
-            return loss
-
-        full = loss_with(image)
-        return full, [full if g.name == "vision" else loss_with(image_at_theta_fn) for g in self.groups]
+        """The minibatch loss at the current θ, and one closure per ZO group for per-tower probes."""
+        losses = self.step_losses(strategy, model_seed, at_theta, prefix)
+        return losses.full, losses.per_group()
 
     def loss_closure(self, strategy: Any, model_seed: int = 0) -> LossFn:
-        """The minibatch loss at the current θ under ``model_seed`` (tests, diagnostics)."""
+        """The minibatch loss at the current θ under ``model_seed``."""
         self._prepare(strategy)
         return self.closures(strategy, model_seed)[0]
 
-    # ---- precision -------------------------------------------------------------------------------
     def probe_precision(self, model: CLIPClassifier) -> str:
         """The compute precision of every ZO evaluation: fp32 (default) or the model's (``train``)."""
         return model.precision if self.cfg.probe_precision == "train" else "fp32"
 
-    def _probe_scope(self, model: CLIPClassifier) -> Any:
+    def probe_scope(self, model: CLIPClassifier) -> AbstractContextManager[None]:
+        """Run the block at the probes' precision (docs/methods/mozo.md, "Probe precision")."""
         return model.precision_scope(self.probe_precision(model))
 
-    # ---- the ZO step ---------------------------------------------------------------------------
     def zo_lr(self, strategy: Any) -> float:
         """λ · (current lr, or zo_lr · current lr / base lr): the ZO step follows the optimizer's lr."""
         current = float(strategy.optimizer.param_groups[0]["lr"])
@@ -261,76 +204,75 @@ class MoZOPlugin(SupervisedPlugin):
             return self.cfg.mix * current
         return self.cfg.mix * self.cfg.zo_lr * (current / self.base_lr if self.base_lr else 1.0)
 
-    def _new_step(self, model: CLIPClassifier) -> tuple[int, int]:
+    # ---- the step's FO forward -------------------------------------------------------------------
+    def _new_step(self, model: CLIPClassifier, reuse: bool) -> _Step:
         """The step's (direction, model) seeds; text features cached under other randomness are dropped."""
         if model.training:
             model.invalidate_text_cache()
         seed, model_seed = (int(v) for v in torch.randint(0, 2**31 - 2, (2,), generator=self.generator))
-        return seed, model_seed
+        return _Step(seed, SeededForward(model, TowerSeeds.of(model_seed)), reuse)
 
     def before_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
-        """Draw the step's seeds; run the FO forward under the step's model randomness (class doc)."""
+        """Draw the step's seeds; the FO forward runs seeded and records what the ZO step reuses."""
         self._prepare(strategy)
-        self._at_theta, self._from_forward = None, False
+        self._end_forward()  # a forward left open by an interrupted iteration
+        self._step = None
         if not self.groups:
             return
         model: CLIPClassifier = strategy.model
-        self._seeds = self._new_step(model)
-        model.tower_seeds = (self._seeds[1], self._seeds[1] + 1)
-        self._from_forward = self.reuse_forward and model.precision == self.probe_precision(model)
-        if self._from_forward and self.prefix:
+        self._step = step = self._new_step(model, self.reuse_forward and model.precision == self.probe_precision(model))
+        step.forward.install()
+        if step.reuse and self.prefix:
             self.prefix.record()
         if self.tape is not None:
             self.tape.clear()
-            self.tape.recording = self._from_forward
+            self.tape.recording = step.reuse
 
     def after_forward(self, strategy: Any, **kwargs: Any) -> None:
-        model: CLIPClassifier = strategy.model
-        image, text = model.seeded_image_features, model.seeded_text_features
-        if self._from_forward and image is not None and text is not None:
-            self._at_theta = (image.detach(), text.detach())
-        self._end_seeded_forward(model)
+        if self._step is not None and self._step.reuse:
+            self._step.at_theta = self._step.forward.features
+        self._end_forward()
 
-    def _end_seeded_forward(self, model: CLIPClassifier) -> None:
-        model.tower_seeds, model.seeded_image_features, model.seeded_text_features = None, None, None
+    def _end_forward(self) -> None:
+        """The FO forward is over: the model's own forward back, recording stopped."""
+        if self._step is not None:
+            self._step.forward.remove()
         if self.prefix is not None:
             self.prefix.stop()
         if self.tape is not None:
             self.tape.recording = False
 
     def before_eval(self, strategy: Any, **kwargs: Any) -> None:
-        self._end_seeded_forward(strategy.model)  # an interrupted iteration must not seed evaluation
+        self._end_forward()  # an interrupted iteration must not seed evaluation
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         loss = strategy.loss
         if isinstance(loss, torch.Tensor) and not loss.requires_grad:  # no FO unit: let backward() run
             strategy.loss = loss + torch.zeros((), device=loss.device, dtype=loss.dtype, requires_grad=True)
 
+    # ---- the ZO step ---------------------------------------------------------------------------
     def before_update(self, strategy: Any, **kwargs: Any) -> None:
         self._prepare(strategy)
         if not self.groups:
             return
         model: CLIPClassifier = strategy.model
+        self._end_forward()
         # without before_training_iteration (e.g. a hand-written loop) the step starts here
-        (seed, model_seed), self._seeds = self._seeds or self._new_step(model), None
-        features, from_forward = self._at_theta, self._from_forward and self._at_theta is not None
-        self._at_theta, self._from_forward = None, False
+        step, self._step = self._step or self._new_step(model, reuse=False), None
+        reuse = step.reuse and step.at_theta is not None
         if self.tape is not None:
-            self.tape.replaying = from_forward  # every ZO evaluation sees the FO forward's unit noise
-        with self._probe_scope(model):
-            full, per_group = self.closures(strategy, model_seed, features if from_forward else None,
-                                            self.prefix if from_forward and self.prefix else None)
-            loss0 = None
-            if from_forward:
-                logits = strategy.mb_output.detach()
-                with torch.no_grad():  # stays on the device: zo_step reads its figures back once
-                    loss0 = run_seeded(lambda: self._loss(strategy, logits, strategy.mb_y), model_seed).detach()
+            self.tape.replaying = reuse  # every ZO evaluation sees the FO forward's unit noise
+        with self.probe_scope(model):
+            losses = self.step_losses(strategy, step.model_seed, step.at_theta if reuse else None,
+                                      self.prefix if reuse and self.prefix else None)
+            # stays on the device: zo_step reads its figures back once
+            loss0 = losses.of_logits(strategy.mb_output.detach()) if reuse else None
             per_tower = self.cfg.vision_perturbation == "per_tower"
             self.last = zo_step(
-                self.groups, full, seed, lr=self.zo_lr(strategy), q=self.cfg.queries,
+                self.groups, losses.full, step.seed, lr=self.zo_lr(strategy), q=self.cfg.queries,
                 two_sided=self.cfg.two_sided, sign_mode=self.cfg.sign, mode=self.cfg.candidate,
-                rng_seed_for_model=model_seed, probe="per_group" if per_tower else "joint",
-                group_loss_fns=per_group if per_tower else None, loss_at_theta=loss0,
+                rng_seed_for_model=step.model_seed, probe="per_group" if per_tower else "joint",
+                group_loss_fns=losses.per_group() if per_tower else None, loss_at_theta=loss0,
                 cache_directions=self.cfg.cache_directions,
             )
         if self.prefix is not None:
@@ -345,7 +287,7 @@ class MoZOPlugin(SupervisedPlugin):
         figures = {
             "MoZO/zo_loss": result.loss,
             "MoZO/projected_grad": sum(result.projected) / len(result.projected),
-            "MoZO/candidate": {"theta": 0, "minus": -1, "plus": 1, "aggressive": 2, "probe": 3}[result.candidate],
+            "MoZO/candidate": CANDIDATE_CODES[result.candidate],
             "MoZO/fo_loss": float(strategy.loss.detach()),
         }
         for name, value in figures.items():

@@ -1,10 +1,11 @@
-"""Blocks below a tower's lowest ZO layer run once per MoZO step (layer-wise configurations).
+"""Blocks below a tower's lowest ZO layer run once per MoZO step (layer-wise configurations;
+docs/methods/mozo.md, "MoZO step cost").
 
 A ZO probe or candidate moves only the ZO units; the residual blocks of a tower below its lowest ZO
 layer ``k`` (and the FO units in them, which the FO optimizer moves only after the ZO step) compute the
 same activation in every evaluation of the step. :class:`PrefixCache` records, during the step's
-first-order forward (run under the step's seeded randomness, :attr:`CLIPClassifier.tower_seeds`), the
-output of block ``k − 1`` and the RNG state right after it; inside :meth:`PrefixCache.replaying`, the
+first-order forward (run under the step's seeded randomness, :class:`~strategies.mozo.seeded.SeededForward`),
+the output of block ``k − 1`` and the RNG state right after it; inside :meth:`PrefixCache.replaying`, the
 tower's blocks ``0..k−1`` are swapped for a module that returns that activation and puts the RNG back
 to the recorded state, so blocks ``k..`` draw exactly the dropout / router noise they would draw after
 running the prefix. The tower's stem (patch / token embedding) still runs: it is cheap and

@@ -431,75 +431,45 @@ def _candidate_loss(
         apply_update(groups, estimate, lr, sign_mode, -scale, dirs)
 
 
-def zo_step(
-    groups: Sequence[ZOGroup],
-    loss_fn: LossFn,
-    seed: int,
-    *,
-    lr: float,
-    q: int = 1,
-    two_sided: bool = True,
-    sign_mode: SignMode = "scalar",
-    mode: StepMode = "conservative",
-    rng_seed_for_model: int | None = None,
-    probe: ProbeMode = "joint",
-    group_loss_fns: Sequence[LossFn] | None = None,
-    loss_at_theta: Scalar | None = None,
-    cache_directions: bool = True,
-) -> ZOStepResult:
-    """One ZO update (MoZO §3). All evaluations share one model seed (``rng_seed_for_model``,
-    default :func:`model_seed_for` ``(seed)``), so model randomness is identical across probes and
-    candidates and unrelated to the directions. ``probe`` / ``group_loss_fns``: see :func:`zo_estimate`.
+@dataclass(frozen=True)
+class ZOStepInputs:
+    """What a ZO step reads, whatever its candidate mode (:func:`zo_step`'s keywords, resolved)."""
 
-    conservative (paper): evaluate θ − lr·d and θ + lr·d (d = sign-normalized ĝ) and keep the best of
-    {θ, minus, plus} by minibatch loss, ties preferring θ then minus; the step never increases the
-    minibatch loss (bit-for-bit when restores are exact, see module doc). aggressive: θ ← θ − lr·d.
-    probe (an option, not the paper's rule): the candidates are the probe points themselves, θ ± D z_i,
-    so no candidate forward is spent: the best of {θ, every probe point} by its probe loss is kept
-    (two-sided only; ``lr`` and ``sign_mode`` play no part). With per-group probes each group picks its
-    own point from its own probes, and the combined point is not evaluated (``loss_after`` is None).
-    ``loss_at_theta``: L(θ) from the caller (:func:`zo_estimate`). Decoupled weight decay is applied
-    only when a move is accepted (in probe mode, to the groups that moved).
+    groups: Sequence[ZOGroup]
+    loss_fn: LossFn  # L at the current θ (called under ``model_seed``)
+    seed: int  # direction seed of query 0 (:func:`query_seeds`)
+    lr: float
+    model_seed: int  # the step's model randomness, shared by every evaluation
+    q: int = 1
+    two_sided: bool = True
+    sign_mode: SignMode = "scalar"
+    probe: ProbeMode = "joint"
+    group_loss_fns: Sequence[LossFn] | None = None
+    loss_at_theta: Scalar | None = None
+    cache_directions: bool = True
+    dirs: Directions | None = None  # z of the step's queries, drawn once (None: replayed from the seeds)
 
-    No host synchronisation until the step is enqueued: the losses stay on the device, the sign of
-    each projected gradient multiplies z as a 0-d tensor, and the conservative choice is a device-side
-    coefficient c ∈ {−1, 0, +1} (θ ← θ + c·lr·d, decay scaled by |c|); the figures of the result are
-    read once at the end (probe mode reads them before moving: the chosen seed picks the point).
-    ``cache_directions``: z is drawn once for the step (:class:`Directions`), else replayed from the
-    seed at every use (same values, no memory).
-    """
-    _check_sign_mode(sign_mode)
-    if mode not in STEP_MODES:
-        raise ValueError(f"mode={mode!r}: expected one of {', '.join(STEP_MODES)}")
-    model_seed = model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model
-    fn = seeded(loss_fn, model_seed)  # the same closure zo_estimate builds for its probes
-    if mode == "probe" and not two_sided:
-        raise ValueError("mode='probe' needs two-sided probes (its candidates are θ ± Dz)")
-    conservative = mode == "conservative"
-    dirs = Directions(groups, query_seeds(seed, q)) if cache_directions else None
-    est = zo_estimate(
-        groups,
-        loss_fn,
-        seed,
-        q=q,
-        two_sided=two_sided,
-        center_loss=mode != "aggressive",
-        rng_seed_for_model=model_seed,
-        probe=probe,
-        group_loss_fns=group_loss_fns,
-        loss_at_theta=loss_at_theta,
-        on_device=True,
-        dirs=dirs,
-        cache_directions=cache_directions,
-    )
-    if mode == "probe":
-        return _probe_point_step(groups, _on_host(est), lr, dirs)
-    if not conservative:
-        apply_update(groups, est, lr, sign_mode, -1.0, dirs)
-        apply_weight_decay(groups, lr)
-        host = _on_host(est)
-        return ZOStepResult(host.loss, host.projected, est.seeds, "aggressive", None, host.per_group)
-    # --- conservative: try both candidates (each restored), then apply the winner, all on the device
+    def seeded_loss(self) -> LossFn:
+        """``loss_fn`` under the step's model seed (the closure :func:`zo_estimate` builds for its probes)."""
+        return seeded(self.loss_fn, self.model_seed)
+
+    def estimate(self, *, center_loss: bool) -> ZOEstimate:
+        """The step's ZO estimate, its numbers left on the device (:func:`zo_estimate`)."""
+        return zo_estimate(
+            self.groups, self.loss_fn, self.seed, q=self.q, two_sided=self.two_sided, center_loss=center_loss,
+            rng_seed_for_model=self.model_seed, probe=self.probe, group_loss_fns=self.group_loss_fns,
+            loss_at_theta=self.loss_at_theta, on_device=True, dirs=self.dirs,
+            cache_directions=self.cache_directions,
+        )
+
+
+def conservative_step(step: ZOStepInputs) -> ZOStepResult:
+    """The paper's rule (MoZO §3): keep the best of {θ, θ − lr·d, θ + lr·d} by minibatch loss (d the
+    sign-normalised estimate), ties preferring θ then minus; the choice is a device-side coefficient
+    c ∈ {−1, 0, +1} (θ ← θ + c·lr·d, weight decay scaled by |c|), the figures read back once."""
+    groups, lr, sign_mode, dirs = step.groups, step.lr, step.sign_mode, step.dirs
+    est = step.estimate(center_loss=True)
+    fn = step.seeded_loss()
     theta = torch.as_tensor(est.loss, dtype=torch.float64)
     minus = _candidate_loss(groups, est, fn, lr, sign_mode, -1.0, dirs)
     plus = _candidate_loss(groups, est, fn, lr, sign_mode, 1.0, dirs)
@@ -517,9 +487,20 @@ def zo_step(
     return ZOStepResult(host.loss, host.projected, est.seeds, best, float(loss_after), host.per_group)
 
 
-def _probe_point_step(groups: Sequence[ZOGroup], est: ZOEstimate, lr: float,
-                      dirs: Directions | None = None) -> ZOStepResult:
-    """Move each target (all groups, or one group per row) to its best probe point (:func:`zo_step`)."""
+def aggressive_step(step: ZOStepInputs) -> ZOStepResult:
+    """θ ← θ − lr·d with no candidate evaluated (L(θ) is the mean of the ± probes when two-sided)."""
+    est = step.estimate(center_loss=False)
+    apply_update(step.groups, est, step.lr, step.sign_mode, -1.0, step.dirs)
+    apply_weight_decay(step.groups, step.lr)
+    host = _on_host(est)
+    return ZOStepResult(host.loss, host.projected, est.seeds, "aggressive", None, host.per_group)
+
+
+def probe_point_step(step: ZOStepInputs) -> ZOStepResult:
+    """Move each target (all groups, or one group per row of per-group probes) to its best probe point
+    θ ± Dz_i by its probe loss, θ kept on ties (an option, not the paper's rule: no candidate forward).
+    The figures are read before moving (the chosen seed picks the point)."""
+    est = _on_host(step.estimate(center_loss=True))
     assert est.probes is not None
     rows = est.probes
     moved: list[ZOGroup] = []
@@ -531,13 +512,69 @@ def _probe_point_step(groups: Sequence[ZOGroup], est: ZOEstimate, lr: float,
         if sign == 0.0:
             continue
         only = None if len(rows) == 1 else target
-        perturb(groups, est.seeds[index], sign, only, dirs)
-        moved.extend(groups if only is None else [groups[only]])
+        perturb(step.groups, est.seeds[index], sign, only, step.dirs)
+        moved.extend(step.groups if only is None else [step.groups[only]])
         best_loss = min(best_loss, value)
-    apply_weight_decay(moved, lr)
+    apply_weight_decay(moved, step.lr)
     candidate: Candidate = "probe" if moved else "theta"
     loss_after = best_loss if len(rows) == 1 or not moved else None
     return ZOStepResult(est.loss, est.projected, est.seeds, candidate, loss_after, est.per_group)
+
+
+STEPS: dict[str, Callable[[ZOStepInputs], ZOStepResult]] = {
+    "conservative": conservative_step, "aggressive": aggressive_step, "probe": probe_point_step,
+}
+
+
+def zo_step(
+    groups: Sequence[ZOGroup],
+    loss_fn: LossFn,
+    seed: int,
+    *,
+    lr: float,
+    q: int = 1,
+    two_sided: bool = True,
+    sign_mode: SignMode = "scalar",
+    mode: StepMode = "conservative",
+    rng_seed_for_model: int | None = None,
+    probe: ProbeMode = "joint",
+    group_loss_fns: Sequence[LossFn] | None = None,
+    loss_at_theta: Scalar | None = None,
+    cache_directions: bool = True,
+) -> ZOStepResult:
+    """One ZO update (MoZO §3): checks the options, resolves them into :class:`ZOStepInputs` and runs
+    the step of candidate ``mode`` (:data:`STEPS`). All evaluations share one model seed
+    (``rng_seed_for_model``, default :func:`model_seed_for` ``(seed)``), so model randomness is
+    identical across probes and candidates and unrelated to the directions. ``probe`` /
+    ``group_loss_fns`` / ``loss_at_theta``: see :func:`zo_estimate`.
+
+    - conservative (:func:`conservative_step`, the paper's rule): the best of {θ, θ − lr·d, θ + lr·d}
+      (d = sign-normalised ĝ); never increases the minibatch loss (bit-for-bit when restores are
+      exact, see module doc);
+    - aggressive (:func:`aggressive_step`): θ ← θ − lr·d;
+    - probe (:func:`probe_point_step`, an option, not the paper's rule): the best of {θ, every probe
+      point θ ± D z_i} by its probe loss, no candidate forward (two-sided only; ``lr`` and
+      ``sign_mode`` play no part). With per-group probes each group picks its own point from its own
+      probes, and the combined point is not evaluated (``loss_after`` is None).
+
+    Decoupled weight decay is applied only when a move is accepted (in probe mode, to the groups that
+    moved). No host synchronisation until the step is enqueued: the losses stay on the device, the
+    sign of each projected gradient multiplies z as a 0-d tensor, and the figures of the result are
+    read once at the end. ``cache_directions``: z is drawn once for the step (:class:`Directions`),
+    else replayed from the seed at every use (same values, no memory).
+    """
+    _check_sign_mode(sign_mode)
+    if mode not in STEP_MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {', '.join(STEP_MODES)}")
+    if mode == "probe" and not two_sided:
+        raise ValueError("mode='probe' needs two-sided probes (its candidates are θ ± Dz)")
+    step = ZOStepInputs(
+        groups, loss_fn, seed, lr, model_seed_for(seed) if rng_seed_for_model is None else rng_seed_for_model,
+        q=q, two_sided=two_sided, sign_mode=sign_mode, probe=probe, group_loss_fns=group_loss_fns,
+        loss_at_theta=loss_at_theta, cache_directions=cache_directions,
+        dirs=Directions(groups, query_seeds(seed, q)) if cache_directions else None,
+    )
+    return STEPS[mode](step)
 
 
 @contextlib.contextmanager
