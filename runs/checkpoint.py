@@ -30,8 +30,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from avalanche.benchmarks.utils.data_loader import GroupBalancedInfiniteDataLoader
+from avalanche.training.plugins import (
+    AGEMPlugin,
+    EvaluationPlugin,
+    EWCPlugin,
+    LwFPlugin,
+    ReplayPlugin,
+    SynapticIntelligencePlugin,
+)
+from avalanche.training.plugins.clock import Clock
+from avalanche.training.storage_policy import ReservoirSamplingBuffer
+from avalanche.training.templates.base_sgd import PeriodicEval
+from avalanche.training.utils import ParamData
 
 from strategies.clip import unit_parameters
+from strategies.training import RecipePlugin
 
 from .io import atomic_write
 
@@ -59,8 +73,6 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 # ---- adapters for Avalanche's plugins -----------------------------------------------------------
 def _param_data(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    from avalanche.training.utils import ParamData
-
     return {name: ParamData(name, init_tensor=t.clone(), device=t.device) for name, t in tensors.items()}
 
 
@@ -126,8 +138,6 @@ def _replay_state(plugin: Any, ctx: Context) -> dict[str, Any]:
 
 
 def _replay_load(plugin: Any, state: dict[str, Any], ctx: Context) -> None:
-    from avalanche.training.storage_policy import ReservoirSamplingBuffer
-
     policy = plugin.storage_policy
     policy.max_size, policy._num_exps = state["max_size"], state["num_exps"]
     policy.buffer_groups = {}
@@ -144,8 +154,6 @@ def _agem_state(plugin: Any, ctx: Context) -> dict[str, Any]:
 
 def _agem_load(plugin: Any, state: dict[str, Any], ctx: Context) -> None:
     """Buffers restored exactly; the memory sampler restarts (A-GEM resumes are not bit-identical)."""
-    from avalanche.benchmarks.utils.data_loader import GroupBalancedInfiniteDataLoader
-
     plugin.buffers = [ctx.train_stream[e].dataset.subset(ix) for e, ix in enumerate(state["indices"])]
     if plugin.buffers:
         plugin.buffer_dataloader = GroupBalancedInfiniteDataLoader(
@@ -166,15 +174,6 @@ Adapter = tuple[Callable[[Any, Context], dict[str, Any]], Callable[[Any, dict[st
 
 
 def _adapters() -> dict[type, Adapter]:
-    from avalanche.training.plugins import (
-        AGEMPlugin,
-        EWCPlugin,
-        LwFPlugin,
-        ReplayPlugin,
-        SynapticIntelligencePlugin,
-    )
-    from avalanche.training.plugins.clock import Clock
-
     return {LwFPlugin: (_lwf_state, _lwf_load), EWCPlugin: (_ewc_state, _ewc_load),
             SynapticIntelligencePlugin: (_si_state, _si_load), ReplayPlugin: (_replay_state, _replay_load),
             AGEMPlugin: (_agem_state, _agem_load), Clock: (_clock_state, _clock_load)}
@@ -182,11 +181,6 @@ def _adapters() -> dict[type, Adapter]:
 
 def _stateless_types() -> tuple[type, ...]:
     """Plugins that carry nothing from one experience to the next that a resume needs."""
-    from avalanche.training.plugins import EvaluationPlugin
-    from avalanche.training.templates.base_sgd import PeriodicEval
-
-    from strategies.training import RecipePlugin
-
     return (EvaluationPlugin, PeriodicEval, RecipePlugin)
 
 

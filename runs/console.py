@@ -20,6 +20,8 @@ from typing import Any
 from avalanche.core import SupervisedPlugin
 from tqdm import tqdm
 
+from strategies.training import RecipePlugin
+
 log = logging.getLogger(__name__)
 
 
@@ -47,8 +49,6 @@ class ProgressPlugin(SupervisedPlugin):
 
     def _total(self, strategy: Any) -> int:
         """Iterations of this experience: the recipe's count (iteration caps included) when present."""
-        from strategies.training import RecipePlugin
-
         for plugin in strategy.plugins:
             if isinstance(plugin, RecipePlugin) and plugin.total:
                 return int(plugin.total)

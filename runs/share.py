@@ -39,7 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
+import wandb
+
 from . import report as rep
+from .config import load_suite
 from .io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -85,8 +89,6 @@ def load_suite_info(arg: str | Path, *, entity: str | None = None, project: str 
     records = rep.load_run_records(suite_dir)
     name, run_order, cfg_project, cfg_entity = suite_dir.name, None, None, None
     if Path(arg).is_file():
-        from .config import load_suite
-
         suite = load_suite(arg)
         name, run_order = suite.name, [r.name for r in suite.runs]
         cfg_project, cfg_entity = suite.wandb.project, suite.wandb.entity
@@ -124,7 +126,7 @@ def _ids_of(records: Iterable[Mapping[str, Any]], methods: Sequence[str] | None 
 
 
 def _runset(wr: Any, info: SuiteInfo, entity: str, ids: list[str], name: str) -> Any:
-    from wandb_workspaces import expr
+    from wandb_workspaces import expr  # late: wandb_workspaces costs ~1 s at import and only `share` needs it
 
     return wr.Runset(entity=entity, project=info.project, name=name, filters=[expr.Metric("ID").isin(ids)])
 
@@ -145,7 +147,7 @@ def _description(info: SuiteInfo, summaries: list[dict[str, Any]]) -> str:
 
 def build_report(info: SuiteInfo, entity: str) -> Any:
     """The ``wandb_workspaces`` Report of a suite (constructed offline; saving needs a login)."""
-    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.reports.v2 as wr  # late: ~1 s at import; only `share` publishes
 
     summaries = rep.summarize_runs(info.records, run_order=info.run_order)
     comparisons = rep.compare_with_references(summaries)
@@ -256,8 +258,6 @@ def sync_offline_runs(run_dirs: Sequence[Path], entity: str, project: str) -> No
 
 def _login() -> Any:
     """``wandb.Api()`` or :class:`PublishError` with the one thing to do."""
-    import wandb
-
     os.environ.setdefault("WANDB_HTTP_TIMEOUT", str(HTTP_TIMEOUT_S))
     try:
         return wandb.Api(timeout=HTTP_TIMEOUT_S)
@@ -266,9 +266,6 @@ def _login() -> Any:
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
-    import requests
-    import wandb
-
     return (wandb.errors.Error, requests.RequestException, ConnectionError, TimeoutError, ValueError)
 
 
@@ -351,8 +348,6 @@ def log_suite_run(suite_dir: Path, records: Sequence[dict[str, Any]], wandb_cfg:
 
     ``wandb_cfg`` is the suite's ``wandb`` block as a dict (project, entity, group, tags).
     """
-    import wandb
-
     suite_dir = Path(suite_dir)
     suite = suite or suite_dir.name
     run_id = suite_run_id(suite_dir, suite)
