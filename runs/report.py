@@ -39,6 +39,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from . import references as refs
+from .config import load_suite
 from .io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,6 @@ def resolve_suite_dir(arg: str | Path) -> Path:
     """
     path = Path(arg)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
-        from .config import load_suite  # late: config imports the registries (torch, open_clip)
-
         suite = load_suite(path)
         path = Path(suite.output_dir) / suite.name
         if not path.is_dir():

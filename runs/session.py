@@ -30,6 +30,7 @@ from avalanche.logging import InteractiveLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
 from benchmarks import STREAMS, CLIPBenchmark, StreamContext
+from benchmarks.data_check import data_summary
 from strategies.clip import build_clip, image_size
 from strategies.registry import METHODS
 from strategies.training import GradScalerPlugin, LabelSpacePlugin, RecipePlugin, make_criterion, resolve_device
@@ -210,8 +211,6 @@ class RunSession:
     def _record_data(self) -> None:
         """Provenance ``data``: the resolved data root and whether each dataset read (after any
         download) is complete or a subset (``benchmarks.data_check.data_summary``)."""
-        from benchmarks.data_check import data_summary
-
         assert self.run.stream is not None
         self.provenance["data"] = data_summary(self.run.stream.name, self.run.data_root, self.run.stream.cfg)
         self._record_session(data=self.provenance["data"])
