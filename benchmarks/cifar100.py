@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import Dataset
 
+from strategies.options import COUNT, option
+
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
 from .common import build_class_incremental, clean_class_name, resolve_class_order
 from .templates import class_incremental_templates
@@ -36,10 +38,11 @@ CIFAR100_FILES = ("train", "test", "meta")
 
 @dataclass
 class SplitCIFAR100Config:
-    steps: int = 10  # experiences of equal size; must divide 100 (10, 20, 50, ...)
-    class_order: str | int | list[int] = "seed1993"  # "seed1993" (iCaRL/ZSCL order), "identity", seed, list
-    train_templates: str | list[str] = "default"  # training prompts: "default" (MoZO's one template), "rich", a list
-    eval_templates: str | list[str] = "default"  # evaluation prompts: "default", "rich", or a list
+    steps: int = option(10, "experiences of equal size; must divide 100 (10, 20, 50, ...)", range=COUNT)
+    class_order: str | int | list[int] = option("seed1993", '"seed1993" (iCaRL/ZSCL order), "identity", seed, list')
+    train_templates: str | list[str] = option("default",
+        "training prompts: \"default\" (MoZO's one template), \"rich\", a list")
+    eval_templates: str | list[str] = option("default", 'evaluation prompts: "default", "rich", or a list')
 
 
 def _cifar_missing(folder: str) -> DatasetMissingError:

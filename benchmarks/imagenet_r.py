@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from strategies.options import COUNT, option
+
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
 from .common import ImageFileDataset, build_class_incremental, ensure_downloaded, resolve_class_order, step_sizes
 from .templates import class_incremental_templates
@@ -35,11 +37,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 @dataclass
 class SplitImageNetRConfig:
-    steps: int = 10  # experiences of equal size; must divide 200
-    class_order: str | int | list[int] = "identity"  # "identity" (sorted wnids), an int seed, or a list
-    train_templates: str | list[str] = "default"  # training prompts: "default" (MoZO's one template), "rich", a list
-    eval_templates: str | list[str] = "default"  # evaluation prompts: "default", "rich", or a list
-    split: str = "coda"  # which shipped train/test split ("coda": CODA-Prompt's 80/20 lists)
+    steps: int = option(10, "experiences of equal size; must divide 200", range=COUNT)
+    class_order: str | int | list[int] = option("identity", '"identity" (sorted wnids), an int seed, or a list')
+    train_templates: str | list[str] = option("default",
+        "training prompts: \"default\" (MoZO's one template), \"rich\", a list")
+    eval_templates: str | list[str] = option("default", 'evaluation prompts: "default", "rich", or a list')
+    split: str = option("coda", "which shipped train/test split (\"coda\": CODA-Prompt's 80/20 lists)")
 
 
 def read_classes() -> tuple[list[str], list[str]]:

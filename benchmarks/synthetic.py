@@ -7,10 +7,12 @@ size, already normalised-looking, so no PIL transform is applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import Dataset
+
+from strategies.options import COUNT, option
 
 from .base import CLIPBenchmark, StreamContext
 from .common import build_class_incremental
@@ -24,14 +26,14 @@ _NAMES = (
 
 @dataclass
 class SyntheticStreamConfig:
-    n_classes: int = 10  # total classes (class names cycle through a small vocabulary)
-    n_experiences: int = 5  # experiences; n_classes must divide evenly
-    train_per_class: int = 32  # training images per class
-    test_per_class: int = 16  # test images per class
-    signal: float = 1.5  # strength of the class pattern relative to unit Gaussian noise
-    seed: int = 0  # seed of the patterns, the samples and the class order
-    train_templates: str | list[str] = field(default_factory=lambda: ["a photo of a {}."])  # training prompts
-    eval_templates: str | list[str] = field(default_factory=lambda: ["a photo of a {}."])  # evaluation prompts
+    n_classes: int = option(10, "total classes (class names cycle through a small vocabulary)", range=COUNT)
+    n_experiences: int = option(5, "experiences; n_classes must divide evenly", range=COUNT)
+    train_per_class: int = option(32, "training images per class", range=COUNT)
+    test_per_class: int = option(16, "test images per class", range=COUNT)
+    signal: float = option(1.5, "strength of the class pattern relative to unit Gaussian noise")
+    seed: int = option(0, "seed of the patterns, the samples and the class order")
+    train_templates: str | list[str] = option(default_factory=lambda: ["a photo of a {}."], help="training prompts")
+    eval_templates: str | list[str] = option(default_factory=lambda: ["a photo of a {}."], help="evaluation prompts")
 
 
 class TensorClassDataset(Dataset):

@@ -13,6 +13,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from strategies.options import COUNT, option
+
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext
 from .common import ImageFileDataset, build_class_incremental, ensure_downloaded, resolve_class_order, step_sizes
 from .templates import class_incremental_templates
@@ -38,12 +40,14 @@ TINY_ORDER_1993: list[int] = [
 
 @dataclass
 class SplitTinyImageNetConfig:
-    initial: int = 100  # classes in the first experience
-    increment: int = 10  # classes in each later experience (initial + k*increment must be 200)
-    class_order: str | int | list[int] = "seed1993"  # "seed1993" (ZSCL order), "identity", seed, list
-    train_templates: str | list[str] = "default"  # training prompts: "default" (MoZO's one template), "rich", a list
-    eval_templates: str | list[str] = "default"  # evaluation prompts: "default", "rich", or a list
-    train_per_class: int | None = None  # keep only the first k training images per class (None: all)
+    initial: int = option(100, "classes in the first experience", range=COUNT)
+    increment: int = option(10, "classes in each later experience (initial + k*increment must be 200)", range=COUNT)
+    class_order: str | int | list[int] = option("seed1993", '"seed1993" (ZSCL order), "identity", seed, list')
+    train_templates: str | list[str] = option("default",
+        "training prompts: \"default\" (MoZO's one template), \"rich\", a list")
+    eval_templates: str | list[str] = option("default", 'evaluation prompts: "default", "rich", or a list')
+    train_per_class: int | None = option(None,
+        "keep only the first k training images per class (None: all)", range=COUNT)
 
 
 def _tiny_missing(folder: str) -> DatasetMissingError:

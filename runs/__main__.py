@@ -22,8 +22,6 @@ from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("runs")
-# Each command imports its modules when it runs: `--help`, `list`, `status`, `validate` and `data` skip the driver
-# (W&B, the run session: +2.9 s measured with -X importtime on the 2-core machine).
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     share.add_argument("--entity", default=None, help="W&B entity (default: the suite's, else the login's)")
     share.add_argument("--project", default=None, help="W&B project (default: the suite's, else clip-cl)")
     share.add_argument("--dry-run", action="store_true", help="build the Report offline and write its outline only")
-    sub.add_parser("list", help="methods, streams and unit kinds with their options and defaults")
+    listing = sub.add_parser("list", help="methods, streams and unit kinds with their options and defaults")
+    listing.add_argument("--markdown", action="store_true",
+                         help="print the option reference page instead (docs/reference/options.md)")
     status = sub.add_parser("status", help="finished / running / failed / pending / changed per run of a suite")
     status.add_argument("suite", help="the suite YAML (knows pending runs) or its output folder")
     _suite_options(status)
@@ -210,9 +210,12 @@ def _cmd_share(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .listing import format_listing
+    from .listing import format_listing, format_markdown
 
-    print(format_listing())
+    if args.markdown:
+        print(format_markdown(), end="")  # the page as committed: `python -m runs list --markdown > PAGE`
+    else:
+        print(format_listing())
     return EXIT_OK
 
 

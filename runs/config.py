@@ -25,13 +25,15 @@ Validation (everything :func:`load_suite` checks before any work; all failures a
 
 - the YAML itself within budgets (:mod:`runs.yamlio`: size, depth, alias expansion, duplicate keys);
 - schema: unknown keys, wrong types, unknown method / stream / option values;
-- ranges (:data:`RANGES`): sizes and counts >= 1, rates finite and > 0, fractions in [0, 1), every
-  float finite; dict fields key by key;
+- ranges: each field's declared range (``option(..., range=...)`` on the component's dataclass,
+  :mod:`strategies.options`), list items and dict values one by one; an int field without a range
+  must be >= 0; every float finite;
 - names: suite and run names are 1-64 letters, digits, ``_`` or ``-`` and not a field name, so no
   path derived from a YAML value leaves ``output_dir``; unique run names and seeds;
 - cross-field facts known without data: the open_clip architecture exists (close matches listed),
-  the device is one torch knows, a stream's classes divide into its experiences, MoZO's layer
-  selection fits the model's depth.
+  the device is one torch knows, a stream's checks (``StreamSpec.check``: its classes divide into
+  its experiences) and the method's (``MethodSpec.check``, e.g. a layer selection that fits the
+  model's depth). This module knows no method or stream by name.
 
 Machine facts (the device is present, data and weights are available) are checked by
 ``runs.preflight`` where a run will start.
@@ -53,7 +55,8 @@ from typing import Any, Literal
 
 from benchmarks import STREAMS
 from strategies.clip import ModelConfig
-from strategies.registry import METHODS
+from strategies.options import Range, option, range_of
+from strategies.registry import METHODS  # filled: importing it runs strategies/__init__ first
 from strategies.training import TrainConfig
 
 from .yamlio import YAMLBudgetError, load_bytes, loads, short
@@ -65,17 +68,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class EvalConfig:
-    zero_shot_row: bool = True  # evaluate every test experience before training (row 0 of the matrix)
-    task_aware: bool = False  # score each test experience over its own classes only (MTIL always does)
+    zero_shot_row: bool = option(True, "evaluate every test experience before training (row 0 of the matrix)")
+    task_aware: bool = option(False, "score each test experience over its own classes only (MTIL always does)")
 
 
 @dataclass
 class WandbConfig:
-    mode: Literal["offline", "online", "disabled"] = "offline"  # W&B mode; --online switches to online
-    project: str = "clip-cl"  # W&B project
-    entity: str | None = None  # W&B entity (team or user); None = the account's default
-    group: str | None = None  # W&B group; None = the suite name
-    tags: list[str] = field(default_factory=list)  # W&B tags added to every run
+    mode: Literal["offline", "online", "disabled"] = option("offline", "W&B mode; --online switches to online")
+    project: str = option("clip-cl", "W&B project")
+    entity: str | None = option(None, "W&B entity (team or user); None = the account's default")
+    group: str | None = option(None, "W&B group; None = the suite name")
+    tags: list[str] = option(default_factory=list, help="W&B tags added to every run")
 
 
 def slurm_minutes(text: str) -> int:
@@ -100,16 +103,17 @@ def slurm_minutes(text: str) -> int:
 class LauncherConfig:
     """Slurm options of ``--executor slurm`` (the CLI's --partition etc. override them)."""
 
-    partition: str | None = None  # sbatch --partition
-    time: str = "04:00:00"  # wall time per task ([D-]HH:MM:SS); on time-out the task requeues and resumes
-    gpus_per_run: int | None = None  # GPUs per task; None = 1 when the run's device is not cpu, else 0
-    cpus_per_run: int = 4  # sbatch --cpus-per-task (also torch threads in the task)
-    mem: str | None = None  # sbatch --mem, e.g. 32G
-    account: str | None = None  # sbatch --account
-    max_parallel: int | None = None  # array tasks running at once (--array=0-N%max_parallel); None = all
-    max_requeues: int = 3  # preemptions / time-outs a task may requeue after
-    sbatch: dict[str, str] = field(default_factory=dict)  # extra sbatch options, e.g. {qos: high, constraint: a100}
-    setup: list[str] = field(default_factory=list)  # shell lines run before the task (e.g. module load, venv)
+    partition: str | None = option(None, "sbatch --partition")
+    time: str = option("04:00:00", "wall time per task ([D-]HH:MM:SS); on time-out the task requeues and resumes")
+    gpus_per_run: int | None = option(None, "GPUs per task; None = 1 when the run's device is not cpu, else 0")
+    cpus_per_run: int = option(4, "sbatch --cpus-per-task (also torch threads in the task)")
+    mem: str | None = option(None, "sbatch --mem, e.g. 32G")
+    account: str | None = option(None, "sbatch --account")
+    max_parallel: int | None = option(None, "array tasks running at once (--array=0-N%max_parallel); None = all")
+    max_requeues: int = option(3, "preemptions / time-outs a task may requeue after")
+    sbatch: dict[str, str] = option(default_factory=dict,
+        help="extra sbatch options, e.g. {qos: high, constraint: a100}")
+    setup: list[str] = option(default_factory=list, help="shell lines run before the task (e.g. module load, venv)")
 
     def __post_init__(self) -> None:
         slurm_minutes(self.time)
@@ -162,21 +166,6 @@ _RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RESERVED_NAMES = frozenset({*_SUITE_KEYS, *_RUN_KEYS, "suite"})  # a name must not read as a field in --set
 
-# ---- ranges, by field name (``Class.field`` entries win over plain names) ------------------------
-# (low, high, low_inclusive, high_inclusive); None = unbounded. Ints default to >= 0, floats to finite.
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    **{name: (1, None, True, True) for name in (
-        "epochs", "iterations", "batch_size", "eval_batch_size", "n_classes", "n_experiences", "steps",
-        "initial", "increment", "train_per_class", "test_per_class", "bottleneck", "experts", "top_k",
-        "lora_rank", "queries", "log_every", "cache_models", "mem_size", "patterns_per_exp", "sample_size",
-        "shots", "prototype_images")},
-    "ConDUConfig.top_k": (0, None, True, True),  # 0 = the pretrained model only
-    **{name: (0, None, False, True) for name in (
-        "lr", "zo_lr", "eps_language", "eps_vision", "temperature", "lora_scale", "lr_by_experience")},
-    **{name: (0, None, True, True) for name in (
-        "weight_decay", "zo_weight_decay", "alpha", "ewc_lambda", "si_lambda", "mix", "decay_factor")},
-    **{name: (0, 1, True, False) for name in ("label_smoothing", "dropout", "momentum")},
-}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -248,31 +237,25 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
-def _check_range(cls: type, name: str, value: Any, where: str, file: str) -> None:
-    """Apply :data:`RANGES` to one coerced field value (lists and dict values element-wise)."""
+def _check_range(bounds: Range | None, value: Any, where: str, file: str) -> None:
+    """Apply a field's declared range (its ``option(..., range=...)`` metadata) to one coerced value,
+    lists and dict values element-wise; an int field without a range must be >= 0."""
     if isinstance(value, list):
         for i, item in enumerate(value):
-            _check_range(cls, name, item, f"{where}[{i}]", file)
+            _check_range(bounds, item, f"{where}[{i}]", file)
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            _check_range(cls, name, item, f"{where}.{key}", file)
+            _check_range(bounds, item, f"{where}.{key}", file)
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    bounds = RANGES.get(f"{cls.__name__}.{name}") or RANGES.get(name)
     if bounds is None:
         if isinstance(value, int) and value < 0:
             raise ConfigError(f"{file}: {where} = {value}: must be >= 0")
         return
-    low, high, low_inclusive, high_inclusive = bounds
-    too_low = low is not None and (value < low if low_inclusive else value <= low)
-    too_high = high is not None and (value > high if high_inclusive else value >= high)
-    if too_low or too_high:
-        left = "[" if low_inclusive else "("
-        right = "]" if high_inclusive else ")"
-        allowed = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
-        raise ConfigError(f"{file}: {where} = {short(value)}: must be in {allowed}")
+    if not bounds.contains(value):
+        raise ConfigError(f"{file}: {where} = {short(value)}: must be in {bounds}")
 
 
 def from_dict(cls: type, data: Any, where: str, file: str) -> Any:
@@ -282,7 +265,8 @@ def from_dict(cls: type, data: Any, where: str, file: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: {where or 'the suite'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    names = list(fields)
     for key in data:
         if key not in names:
             raise ConfigError(f"{file}: unknown key {_join(where, short(key).strip(chr(39)))!r}; "
@@ -290,7 +274,7 @@ def from_dict(cls: type, data: Any, where: str, file: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         kwargs[key] = _coerce(value, hints[key], _join(where, key), file)
-        _check_range(cls, key, kwargs[key], _join(where, key), file)
+        _check_range(range_of(fields[key]), kwargs[key], _join(where, key), file)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
@@ -337,18 +321,6 @@ def _known_archs() -> tuple[str, ...]:
     return tuple(open_clip.list_models())
 
 
-def _arch_depths(arch: str) -> dict[str, int]:
-    import open_clip
-
-    cfg = open_clip.get_model_config(arch) or {}
-    depths = {}
-    for tower, key in (("vision", "vision_cfg"), ("language", "text_cfg")):
-        layers = (cfg.get(key) or {}).get("layers")
-        if isinstance(layers, int):
-            depths[tower] = layers
-    return depths
-
-
 def check_run(run: RunConfig, where: str, file: str) -> None:
     """Facts about one run that are known without data, weights or a device."""
     assert run.method is not None and run.stream is not None
@@ -364,6 +336,7 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
     except ValueError as error:
         raise ConfigError(f"{file}: {where}.model.{error}") from None
     _check_precision(run, where, file)
+    _check_method(run, where, file)
     if not DEVICE_PATTERN.match(run.train.device):
         raise ConfigError(f"{file}: {where}.train.device = {short(run.train.device)}: allowed: auto, cpu, "
                           f"cuda, cuda:N, mps")
@@ -373,9 +346,6 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
             check(run.stream.cfg)
         except ValueError as error:
             raise ConfigError(f"{file}: {where}.stream: {error}") from None
-    cfg = run.method.cfg
-    if hasattr(cfg, "layers") and hasattr(cfg, "branch"):
-        _check_layers(run, cfg, where, file)
     if run.reference is not None:
         from .references import ReferenceTableError, check_key
 
@@ -405,25 +375,18 @@ def _check_precision(run: RunConfig, where: str, file: str) -> None:
             check_compatible(storage, run.train.precision)
         except ValueError as error:
             raise ConfigError(f"{file}: {where}.train.precision = {short(run.train.precision)}: {error}") from None
-    if getattr(run.method.cfg, "probe_precision", None) == "fp32" and storage != "fp32":
-        raise ConfigError(f"{file}: {where}.method.probe_precision = 'fp32' needs model.precision = 'fp32' (got "
-                          f"{short(storage)}: a {storage} backbone runs only under autocast); allowed: "
-                          f"model.precision: fp32, or method.probe_precision: train")
 
 
-def _check_layers(run: RunConfig, cfg: Any, where: str, file: str) -> None:
-    from strategies.mozo.selector import select_zo_units
-
-    depths = _arch_depths(run.model.arch)
-    keys = [(tower, i) for tower, depth in depths.items() if tower in run.model.units.branches
-            for i in range(depth)]
-    if not keys or run.model.units.kind in ("none", "full"):
+def _check_method(run: RunConfig, where: str, file: str) -> None:
+    """The method's own cross-field checks (``MethodSpec.check``), e.g. MoZO's layer selection against
+    the model's depth; their ``ValueError`` names the field relative to the run."""
+    check = METHODS[run.method.name].check
+    if check is None:
         return
     try:
-        select_zo_units(keys, cfg.branch, cfg.layers, one_based=getattr(cfg, "one_based", True))
+        check(run)
     except ValueError as error:
-        raise ConfigError(f"{file}: {where}.method.layers = {short(cfg.layers)}: {error} "
-                          f"(model {run.model.arch}: {depths})") from None
+        raise ConfigError(f"{file}: {where}.{error}") from None
 
 
 # ---- suite loading -----------------------------------------------------------------------------

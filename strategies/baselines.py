@@ -14,8 +14,9 @@ from typing import Any, Literal
 from avalanche.training import AGEM, EWC, LwF, Naive, Replay, SynapticIntelligence
 from avalanche.training.templates import SupervisedTemplate
 
+from .options import COUNT, NONNEGATIVE, POSITIVE, option
 from .registry import MethodSpec, register
-from .training import make_optimizer
+from .training import make_optimizer, template_kwargs
 
 
 class ZeroShot(SupervisedTemplate):
@@ -32,39 +33,36 @@ class NoOptions:
 
 @dataclass
 class LwFConfig:
-    alpha: float = 1.0  # weight of the distillation loss on old classes
-    temperature: float = 2.0  # softmax temperature of the distillation
+    alpha: float = option(1.0, "weight of the distillation loss on old classes", range=NONNEGATIVE)
+    temperature: float = option(2.0, "softmax temperature of the distillation", range=POSITIVE)
 
 
 @dataclass
 class EWCConfig:
-    ewc_lambda: float = 100.0  # weight of the quadratic penalty
-    mode: Literal["separate", "online"] = "separate"  # one penalty per experience, or a running one
-    decay_factor: float | None = None  # online mode: importance decay (required there)
+    ewc_lambda: float = option(100.0, "weight of the quadratic penalty", range=NONNEGATIVE)
+    mode: Literal["separate", "online"] = option("separate", "one penalty per experience, or a running one")
+    decay_factor: float | None = option(None, "online mode: importance decay (required there)", range=NONNEGATIVE)
 
 
 @dataclass
 class ReplayConfig:
-    mem_size: int = 2000  # exemplars kept in the replay buffer (class-balanced by experience)
+    mem_size: int = option(2000, "exemplars kept in the replay buffer (class-balanced by experience)", range=COUNT)
 
 
 @dataclass
 class SIConfig:
-    si_lambda: float = 1.0  # weight of the synaptic-intelligence penalty
+    si_lambda: float = option(1.0, "weight of the synaptic-intelligence penalty", range=NONNEGATIVE)
 
 
 @dataclass
 class AGEMConfig:
-    patterns_per_exp: int = 100  # exemplars stored per experience
-    sample_size: int = 64  # exemplars sampled to compute the reference gradient
+    patterns_per_exp: int = option(100, "exemplars stored per experience", range=COUNT)
+    sample_size: int = option(64, "exemplars sampled to compute the reference gradient", range=COUNT)
 
 
 def _common(model: Any, train: Any, plugins: list, evaluator: Any, device: Any, criterion: Any) -> dict:
-    return dict(
-        model=model, optimizer=make_optimizer(model, train), criterion=criterion,
-        train_mb_size=train.batch_size, train_epochs=train.epochs, eval_mb_size=train.eval_batch_size,
-        device=device, plugins=plugins, evaluator=evaluator, eval_every=-1,
-    )
+    return dict(model=model, optimizer=make_optimizer(model, train), criterion=criterion,
+                **template_kwargs(train, device, plugins, evaluator))
 
 
 def _builder(cls: type, *option_names: str) -> Any:

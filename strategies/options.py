@@ -9,9 +9,13 @@ option reference read them from there, so a new field needs no edit anywhere els
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 HELP = "help"
 RANGE = "range"
@@ -84,3 +88,33 @@ def defaults(cls: type) -> dict[str, Any]:
         elif f.default_factory is not dataclasses.MISSING:
             out[f.name] = f.default_factory()
     return out
+
+
+def split_fields(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``kwargs`` split into (the init fields of the config dataclass ``cls``, everything else): a
+    strategy's keyword arguments into its method options and ``SupervisedTemplate``'s."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
+
+
+def with_options(cls: type) -> Callable[[F], F]:
+    """Decorator: ``fn``'s signature gains the init fields of the config dataclass ``cls`` as
+    keyword-only parameters with the dataclass's defaults, before its ``**kwargs``.
+
+    ``fn`` itself takes them through ``**kwargs`` (:func:`split_fields`), so the defaults keep one
+    copy, the dataclass's; ``help()``, IDEs and Avalanche's check of a strategy's keyword names
+    (which reads ``inspect.signature`` of every ``__init__`` in the MRO) see the options.
+    """
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+        params = list(signature.parameters.values())
+        taken = {p.name for p in params}
+        values = defaults(cls)
+        options = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=values[f.name], annotation=f.type)
+                   for f in dataclasses.fields(cls) if f.init and f.name not in taken]
+        var_keyword = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+        rest = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        fn.__signature__ = signature.replace(parameters=[*rest, *options, *var_keyword])  # type: ignore[attr-defined]
+        return fn
+
+    return decorate

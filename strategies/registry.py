@@ -1,9 +1,18 @@
-"""Method registry: ``method.name`` in a suite YAML -> config dataclass + strategy builder.
+"""Method registry: ``method.name`` in a suite YAML -> config dataclass + strategy builder + checks.
+
+A leaf module: it imports no method. Each method module registers itself when imported, and the
+package's ``__init__`` imports them all (``strategies.baselines``, ``strategies.mozo``,
+``strategies.condu``), so ``from strategies.registry import METHODS`` gives the filled registry.
 
 A builder has the signature ``build(model, cfg, *, train, plugins, evaluator, device, benchmark)``
 and returns an Avalanche ``SupervisedTemplate``. ``label_space`` is the training label space the
 method uses when ``train.label_space`` is ``auto``; ``recipe`` holds the method paper's training
-defaults (``train.*`` keys), which sit between ``TrainConfig``'s defaults and the suite YAML.
+defaults (``train.*`` keys), which sit between ``TrainConfig``'s defaults and the suite YAML;
+``check(run)`` holds the method's cross-field checks on a whole run (its options against the model,
+the training recipe): it raises ``ValueError("method.<field> = <value>: <why>; allowed: ...")``, a
+message that names the field relative to the run, and the suite validator prefixes file and run.
+Option ranges and help text are not here: they live on the config dataclass's fields
+(:mod:`strategies.options`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ class MethodSpec:
     label_space: str = "current"  # training label space under train.label_space=auto
     trains: bool = True  # False for zero-shot evaluation
     recipe: dict[str, Any] = field(default_factory=dict)  # the paper's train.* defaults (YAML overrides them)
+    check: Callable[[Any], None] | None = None  # cross-field checks of a run; raises ValueError
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -29,12 +39,3 @@ def register(name: str, spec: MethodSpec) -> None:
     if name in METHODS:
         raise ValueError(f"method {name!r} is registered twice")
     METHODS[name] = spec
-
-
-def _load_all() -> None:
-    # Importing a method module registers it: baselines (zeroshot, naive, lwf, ewc, replay, si, agem),
-    # mozo, condu.
-    from . import baselines, condu, mozo  # noqa: F401
-
-
-_load_all()

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -23,6 +23,7 @@ from avalanche.core import SupervisedPlugin
 from benchmarks.base import CLIPBenchmark
 
 from .clip import MASKED_LOGIT, CLIPClassifier
+from .options import COUNT, FRACTION, NONNEGATIVE, POSITIVE, option
 
 LABEL_SPACES = ("current", "seen")  # training label spaces of LabelSpacePlugin
 PROTOCOLS = ("auto", "seen", "task")  # evaluation label spaces: by task labels / classes seen so far / own
@@ -30,31 +31,42 @@ PROTOCOLS = ("auto", "seen", "task")  # evaluation label spaces: by task labels 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1  # passes over each experience's training set (ignored when iterations is set)
-    iterations: int | None = None  # exact optimizer steps per experience (ConDU's recipe: 1000)
-    batch_size: int = 32  # training minibatch size
-    eval_batch_size: int = 64  # evaluation minibatch size
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # first-order optimizer of trainable parameters
-    lr: float = 1e-3  # peak learning rate
-    lr_by_experience: dict[str, float] = field(default_factory=dict)  # experience name -> peak lr (MTIL)
-    weight_decay: float = 0.0  # decoupled weight decay (AdamW) / L2 (SGD)
-    momentum: float = 0.9  # SGD momentum
-    warmup: int = 30  # linear warm-up iterations at the start of every experience
-    schedule: Literal["cosine", "constant"] = "cosine"  # learning rate after warm-up
-    label_smoothing: float = 0.0  # cross-entropy label smoothing (ConDU uses 0.2)
-    label_space: Literal["auto", "current", "seen"] = "auto"  # classes scored in training; auto: per method
-    augment: bool = False  # train with open_clip's training transform instead of the eval transform
-    num_workers: int = 0  # DataLoader workers
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = "auto"  # compute; auto: bf16 on CUDA, else fp32
-    grad_checkpointing: bool = False  # recompute each tower block in backward (less activation memory, more time)
-    compile: bool = False  # torch.compile the vision tower and the text transformer (inductor)
+    epochs: int = option(1, "passes over each experience's training set (ignored when iterations is set)", range=COUNT)
+    iterations: int | None = option(None, "exact optimizer steps per experience (ConDU's recipe: 1000)", range=COUNT)
+    batch_size: int = option(32, "training minibatch size", range=COUNT)
+    eval_batch_size: int = option(64, "evaluation minibatch size", range=COUNT)
+    optimizer: Literal["adamw", "sgd"] = option("adamw", "first-order optimizer of trainable parameters")
+    lr: float = option(1e-3, "peak learning rate", range=POSITIVE)
+    lr_by_experience: dict[str, float] = option(default_factory=dict,
+        help="experience name -> peak lr (MTIL)", range=POSITIVE)
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW) / L2 (SGD)", range=NONNEGATIVE)
+    momentum: float = option(0.9, "SGD momentum", range=FRACTION)
+    warmup: int = option(30, "linear warm-up iterations at the start of every experience")
+    schedule: Literal["cosine", "constant"] = option("cosine", "learning rate after warm-up")
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing (ConDU uses 0.2)", range=FRACTION)
+    label_space: Literal["auto", "current", "seen"] = option("auto", "classes scored in training; auto: per method")
+    augment: bool = option(False, "train with open_clip's training transform instead of the eval transform")
+    num_workers: int = option(0, "DataLoader workers")
+    device: str = option("auto", '"auto" (cuda if available), "cpu", "cuda", "cuda:1", ...')
+    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = option("auto",
+        "compute; auto: bf16 on CUDA, else fp32")
+    grad_checkpointing: bool = option(False,
+        "recompute each tower block in backward (less activation memory, more time)")
+    compile: bool = option(False, "torch.compile the vision tower and the text transformer (inductor)")
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def template_kwargs(train: TrainConfig, device: Any, plugins: list | None, evaluator: Any) -> dict[str, Any]:
+    """The ``SupervisedTemplate`` keywords every method builder passes: minibatch sizes and epochs from
+    the recipe, the run's device, plugins and evaluator, and no periodic evaluation (``eval_every=-1``:
+    the runner evaluates after each experience)."""
+    return dict(train_mb_size=train.batch_size, train_epochs=train.epochs, eval_mb_size=train.eval_batch_size,
+                device=device, plugins=plugins, evaluator=evaluator, eval_every=-1)
 
 
 def make_optimizer(model: CLIPClassifier, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from runs.__main__ import main
 from runs.listing import format_listing, option_rows
+from strategies.options import option
 from strategies.registry import METHODS, MethodSpec
 
 
 @dataclass
 class _ProbeConfig:
-    strength: float = 0.25  # how hard the probe pushes
-    layers: list[int] = field(default_factory=lambda: [1, 3])  # which blocks it touches
+    strength: float = option(0.25, "how hard the probe pushes")
+    layers: list[int] = option(default_factory=lambda: [1, 3], help="which blocks it touches")
 
 
 def _build(*args, **kwargs):  # never called: listing only reads the spec

@@ -13,6 +13,7 @@ import yaml
 from runs.config import load_suite
 from runs.runner import RunSession, run_suite
 from strategies.mozo import MoZO, MoZOConfig, MoZOPlugin
+from strategies.mozo.config import CONFIG_FIELDS
 from strategies.mozo.zo import directions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -438,12 +439,15 @@ def test_mozo_is_built_by_keyword_like_avalanche_strategies(tiny_model_factory):
     assert strategy.train_mb_size == 8
     strategy.train(_avalanche_stream().train_stream[0])
     assert strategy.mozo.zo_keys == {("vision", 0)} and strategy.mozo.base_lr == 0.01
-    import dataclasses
-    import inspect
-
-    params = inspect.signature(MoZO.__init__).parameters
-    assert {f.name: f.default for f in dataclasses.fields(MoZOConfig)} == {
-        f.name: params[f.name].default for f in dataclasses.fields(MoZOConfig)}  # the keywords are the config
+    every_field = dict(branch="language", layers=[1], one_based=False, eps_language=2e-3, eps_vision=1e-4,
+                       vision_perturbation="joint", zo_lr=0.5, queries=2, two_sided=False, sign="none",
+                       candidate="aggressive", mix=0.5, zo_weight_decay=0.1, penalties=False, log_every=3,
+                       probe_precision="train", cache_directions=False)
+    assert set(every_field) == set(CONFIG_FIELDS)  # each keyword a MoZOConfig field, with a non-default value
+    assert all(every_field[f] != getattr(MoZOConfig(), f) for f in every_field)
+    assert MoZO(model, optimizer, **every_field).mozo.cfg == MoZOConfig(**every_field)  # all reach the plugin
+    with pytest.raises(TypeError, match="unexpected keyword argument: eps"):
+        MoZO(model, optimizer, eps=1e-3)  # neither a MoZO option nor a SupervisedTemplate one
     with pytest.raises(ValueError, match="MoZO branch='both': expected one of dual, vision, language, none"):
         MoZO(model, optimizer, branch="both")
     with pytest.raises(ValueError, match="MoZO eps_vision=0: expected a number > 0"):

@@ -42,7 +42,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..options import option
+from ..rng import run_seeded
 from .precision import (
     autocast,
     check_compatible,
@@ -76,11 +78,12 @@ class WeightsUnavailableError(RuntimeError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "ViT-B-16"  # any open_clip model name, or a config in strategies/clip/model_configs
-    pretrained: str = "openai"  # open_clip pretrained tag, a local weights file, or "none" (random init)
-    units: UnitsConfig = field(default_factory=UnitsConfig)  # trainable units added to the frozen CLIP
-    cache_dir: str | None = None  # where open_clip stores downloaded weights (None = its default)
-    precision: str = "fp32"  # frozen backbone's storage dtype: fp32 | bf16 | fp16 (mixed precision: train.precision)
+    arch: str = option("ViT-B-16", "any open_clip model name, or a config in strategies/clip/model_configs")
+    pretrained: str = option("openai", 'open_clip pretrained tag, a local weights file, or "none" (random init)')
+    units: UnitsConfig = option(default_factory=UnitsConfig, help="trainable units added to the frozen CLIP")
+    cache_dir: str | None = option(None, "where open_clip stores downloaded weights (None = its default)")
+    precision: str = option("fp32",
+        "frozen backbone's storage dtype: fp32 | bf16 | fp16 (mixed precision: train.precision)")
 
 
 def register_model_configs() -> None:
@@ -91,6 +94,21 @@ def register_model_configs() -> None:
 
         open_clip.add_model_config(_CONFIG_DIR)
         _registered = True
+
+
+def arch_depths(arch: str) -> dict[str, int]:
+    """``{tower: number of transformer blocks}`` of an open_clip architecture, read from its config
+    (no weights are built; a tower whose depth the config does not give is left out)."""
+    import open_clip
+
+    register_model_configs()
+    cfg = open_clip.get_model_config(arch) or {}
+    depths = {}
+    for tower, key in (("vision", "vision_cfg"), ("language", "text_cfg")):
+        layers = (cfg.get(key) or {}).get("layers")
+        if isinstance(layers, int):
+            depths[tower] = layers
+    return depths
 
 
 class CLIPClassifier(nn.Module):
@@ -104,6 +122,9 @@ class CLIPClassifier(nn.Module):
         self.prompt_sets: dict[str, list[list[str]]] = {name: [] for name in PROMPT_SETS}
         self.prompt_set: str = "eval"  # which set scores classes: "train" or "eval" (use_prompts)
         self.active_classes: list[int] = []
+        self.tower_seeds: tuple[int, int] | None = None  # seeded forward (MoZO's step randomness): see forward
+        self.seeded_image_features: torch.Tensor | None = None  # image features of the last seeded forward
+        self.seeded_text_features: torch.Tensor | None = None  # its text features
         self.precision: str = "fp32"  # compute precision of every forward (set_precision / precision_scope)
         self.storage_precision: str = frozen_precision(clip)  # dtype of the frozen backbone (cast_frozen)
         self.grad_checkpointing = False  # recompute each residual block in backward (set_grad_checkpointing)
@@ -277,10 +298,17 @@ class CLIPClassifier(nn.Module):
         return logits.index_copy(1, active, scores)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of ``images`` (module docstring): ``logits_from_features(encode_image, text_features)``.
-        A training method that needs more of a forward (towers under their own seeds, the features)
-        composes these three methods itself."""
-        return self.logits_from_features(self.encode_image(images), self.text_features())
+        """Logits of ``images``; with ``tower_seeds = (s_vision, s_language)`` set, each tower runs under
+        its own seeded randomness (:func:`strategies.rng.run_seeded`) and the features are kept in
+        ``seeded_image_features`` / ``seeded_text_features`` (MoZO takes L(θ) and the features at θ from
+        this forward)."""
+        if self.tower_seeds is None:
+            return self.logits_from_features(self.encode_image(images), self.text_features())
+        vision, language = self.tower_seeds
+        image = run_seeded(lambda: self.encode_image(images), vision)
+        text = run_seeded(self.text_features, language)
+        self.seeded_image_features, self.seeded_text_features = image, text
+        return self.logits_from_features(image, text)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..options import COUNT, FRACTION, POSITIVE, option
 
 BRANCHES = ("vision", "language")
 UNIT_KINDS = ("adapter", "moe", "lora", "full", "none")
@@ -34,34 +36,46 @@ UnitKey = tuple[str, int]
 
 @dataclass
 class UnitsConfig:
-    kind: str = "adapter"  # adapter | moe | lora | full (whole tower trainable) | none (frozen CLIP)
-    branches: list[str] = field(default_factory=lambda: ["vision", "language"])  # towers that get units
-    bottleneck: int = 64  # adapter / expert hidden width (d -> bottleneck -> d)
-    scale: float = 0.1  # adapter output multiplier
-    dropout: float = 0.1  # dropout inside adapters / experts
-    experts: int = 2  # moe: experts per unit
-    top_k: int = 2  # moe: experts mixed per sample (softmax over the top-k router logits)
-    noisy_gating: bool = True  # moe: router noise std = softplus(x W_noise) + 1e-2, training only
-    lora_rank: int = 64  # lora: rank r
-    lora_scale: float | None = None  # lora: output scale; None = 1/sqrt(rank) (ConDU's code)
+    kind: str = option("adapter", "adapter | moe | lora | full (whole tower trainable) | none (frozen CLIP)")
+    branches: list[str] = option(default_factory=lambda: ["vision", "language"], help="towers that get units")
+    bottleneck: int = option(64, "adapter / expert hidden width (d -> bottleneck -> d)", range=COUNT)
+    scale: float = option(0.1, "adapter output multiplier")
+    dropout: float = option(0.1, "dropout inside adapters / experts", range=FRACTION)
+    experts: int = option(2, "moe: experts per unit", range=COUNT)
+    top_k: int = option(2, "moe: experts mixed per sample (softmax over the top-k router logits)", range=COUNT)
+    noisy_gating: bool = option(True, "moe: router noise std = softplus(x W_noise) + 1e-2, training only")
+    lora_rank: int = option(64, "lora: rank r", range=COUNT)
+    lora_scale: float | None = option(None, "lora: output scale; None = 1/sqrt(rank) (ConDU's code)", range=POSITIVE)
 
 
-class NoiseRecorder(Protocol):
-    """What a unit asks before it draws random numbers (dropout masks, router noise) and tells after.
+class NoiseTape:
+    """The units' noise (dropout masks, router noise) of one forward per unit, recorded and replayed.
 
-    Units that draw noise (:func:`noise_units`) hold a ``noise_recorder`` (None by default: plain
-    draws). A training method that evaluates one minibatch many times under the same randomness sets
-    one (:func:`set_noise_recorder`) to record the draws of one forward and hand them back to later
-    forwards (MoZO's :class:`~strategies.mozo.noise.NoiseTape`). ``kind`` names the draw within the
-    unit (``"dropout"``, ``"router"``)."""
+    MoZO evaluates one minibatch many times under the same model seed, so every unit draws the same
+    noise in every evaluation of a step; drawing it is ~20 % of a CPU step (Bernoulli masks). While
+    ``recording``, each unit keeps what it draws (the first draw per unit); while ``replaying``, a
+    unit whose recorded noise has the input's shape uses it and draws nothing. Exact when the units
+    are the model's only consumers of randomness after the point where the recording started (MoZO
+    checks that the backbone has no dropout of its own)."""
 
-    def replay(self, unit: nn.Module, kind: str, like: torch.Tensor) -> torch.Tensor | None:
-        """The noise to use instead of drawing (shaped like ``like``), or None to draw."""
-        ...
+    def __init__(self) -> None:
+        self.recording = False
+        self.replaying = False
+        self.store: dict[tuple[int, str], torch.Tensor] = {}
 
-    def record(self, unit: nn.Module, kind: str, noise: torch.Tensor) -> None:
-        """``unit`` drew ``noise``."""
-        ...
+    def clear(self) -> None:
+        self.recording = self.replaying = False
+        self.store.clear()
+
+    def lookup(self, module: nn.Module, kind: str, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.replaying:
+            return None
+        noise = self.store.get((id(module), kind))
+        return noise if noise is not None and noise.shape == like.shape and noise.device == like.device else None
+
+    def keep(self, module: nn.Module, kind: str, noise: torch.Tensor) -> None:
+        if self.recording:
+            self.store.setdefault((id(module), kind), noise)
 
 
 class Adapter(nn.Module):
@@ -69,7 +83,7 @@ class Adapter(nn.Module):
 
     def __init__(self, width: int, bottleneck: int, scale: float, dropout: float) -> None:
         super().__init__()
-        self.noise_recorder: NoiseRecorder | None = None  # records / replays the dropout mask (NoiseRecorder)
+        self.noise_tape: NoiseTape | None = None  # set by MoZO for its steps (NoiseTape)
         self.down = nn.Linear(width, bottleneck)
         self.up = nn.Linear(bottleneck, width)
         self.dropout = nn.Dropout(dropout)
@@ -83,18 +97,17 @@ class Adapter(nn.Module):
         return self.scale * self.up(self._dropout(F.relu(self.down(x))))
 
     def _dropout(self, h: torch.Tensor) -> torch.Tensor:
-        """``nn.Dropout`` (same draws: ``torch.native_dropout``), its mask recorded / replayed by the
-        :class:`NoiseRecorder` if one is set."""
+        """``nn.Dropout`` (same draws: ``torch.native_dropout``), its mask recorded / replayed by the tape."""
         p = self.dropout.p
         if not self.training or p == 0.0:
             return h
-        recorder = self.noise_recorder
-        mask = recorder.replay(self, "dropout", h) if recorder is not None else None
+        tape = self.noise_tape
+        mask = tape.lookup(self, "dropout", h) if tape is not None else None
         if mask is not None:
             return h * mask * (1.0 / (1.0 - p))
         out, mask = torch.native_dropout(h, p, True)
-        if recorder is not None:
-            recorder.record(self, "dropout", mask)
+        if tape is not None:
+            tape.keep(self, "dropout", mask)
         return out
 
 
@@ -117,7 +130,7 @@ class MoEAdapter(nn.Module):
         self.w_noise = nn.Parameter(torch.zeros(width, cfg.experts))
         self.top_k = cfg.top_k
         self.noisy_gating = cfg.noisy_gating
-        self.noise_recorder: NoiseRecorder | None = None  # records / replays the router noise (NoiseRecorder)
+        self.noise_tape: NoiseTape | None = None  # set by MoZO for its steps (NoiseTape)
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
         """Mixing weights per sample, (B, E), from token 0 of ``x`` (B, T, D)."""
@@ -125,12 +138,12 @@ class MoEAdapter(nn.Module):
         logits = token0 @ self.w_gate  # (B, E)
         if self.noisy_gating and self.training:
             noise_std = F.softplus(token0 @ self.w_noise) + 1e-2
-            recorder = self.noise_recorder
-            eps = recorder.replay(self, "router", logits) if recorder is not None else None
+            tape = self.noise_tape
+            eps = tape.lookup(self, "router", logits) if tape is not None else None
             if eps is None:
                 eps = torch.randn_like(logits)
-                if recorder is not None:
-                    recorder.record(self, "router", eps)
+                if tape is not None:
+                    tape.keep(self, "router", eps)
             logits = logits + eps * noise_std
         top_val, top_idx = logits.topk(self.top_k, dim=-1)  # (B, k)
         # CUDA autocast runs softmax in float32 while the router logits are bf16/fp16: one dtype to scatter
@@ -197,18 +210,6 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.lora(x)
-
-
-def noise_units(model: nn.Module) -> list[nn.Module]:
-    """The modules of ``model`` that draw random numbers through a :class:`NoiseRecorder` (adapters, MoE
-    units: dropout masks, router noise), in module order."""
-    return [m for m in model.modules() if isinstance(m, (Adapter, MoEAdapter))]
-
-
-def set_noise_recorder(model: nn.Module, recorder: NoiseRecorder | None) -> None:
-    """Give every unit of ``model`` that draws noise ``recorder`` (None: plain draws again)."""
-    for unit in noise_units(model):
-        unit.noise_recorder = recorder
 
 
 def tower_blocks(clip: Any) -> dict[str, nn.ModuleList]:

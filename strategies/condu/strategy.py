@@ -13,39 +13,31 @@ import torch
 from avalanche.training.templates import SupervisedTemplate
 
 from ..clip import CLIPClassifier
+from ..options import split_fields, with_options
 from ..registry import MethodSpec, register
-from ..training import make_optimizer
+from ..training import make_optimizer, template_kwargs
 from .config import ConDUConfig
 from .plugin import ConDUPlugin
-
-_DEFAULT = ConDUConfig()
 
 
 class ConDU(SupervisedTemplate):
     """Continual decoupling-unifying with prototype-aggregated prediction (arXiv 2503.10705).
 
     ``ConDU(model=..., optimizer=..., criterion=..., top_k=4, inference="aggregated", ...)``; the
-    method options are :class:`ConDUConfig`'s fields, every other keyword goes to
-    ``SupervisedTemplate`` (``train_mb_size``, ``eval_every``, ``evaluator``, ...).
+    method options are :class:`ConDUConfig`'s fields with its defaults (the only copy), every other
+    keyword goes to ``SupervisedTemplate`` (``train_mb_size``, ``eval_every``, ``evaluator``, ...; an
+    unknown one raises ``TypeError`` naming it).
     """
 
-    def __init__(
-        self, *, model: CLIPClassifier, optimizer: torch.optim.Optimizer, criterion: Any = None,
-        inference: str = _DEFAULT.inference, top_k: int = _DEFAULT.top_k, weighting: str = _DEFAULT.weighting,
-        temperature: float = _DEFAULT.temperature, rescaler: str = _DEFAULT.rescaler,
-        prototype_text: str = _DEFAULT.prototype_text, prototype_images_from: str = _DEFAULT.prototype_images_from,
-        prototype_images: int | None = _DEFAULT.prototype_images, cache_models: int = _DEFAULT.cache_models,
-        plugins: list | None = None, **base_kwargs: Any,
-    ) -> None:
-        self.condu = ConDUPlugin(
-            model, inference=inference, top_k=top_k, weighting=weighting, temperature=temperature,
-            rescaler=rescaler, prototype_text=prototype_text, prototype_images_from=prototype_images_from,
-            prototype_images=prototype_images, cache_models=cache_models,
-        )
+    @with_options(ConDUConfig)
+    def __init__(self, *, model: CLIPClassifier, optimizer: torch.optim.Optimizer, criterion: Any = None,
+                 plugins: list | None = None, **kwargs: Any) -> None:
+        options, template_options = split_fields(ConDUConfig, kwargs)
+        self.condu = ConDUPlugin(model, **options)
         super().__init__(
             model=model, optimizer=optimizer,
             criterion=torch.nn.CrossEntropyLoss() if criterion is None else criterion,
-            plugins=[*(plugins or []), self.condu], **base_kwargs,
+            plugins=[*(plugins or []), self.condu], **template_options,
         )
 
     def forward(self) -> Any:
@@ -61,11 +53,8 @@ def build_condu(model: CLIPClassifier, cfg: ConDUConfig, *, train: Any, plugins:
     options = asdict(cfg)
     if cfg.inference == "auto" and (task_aware or getattr(benchmark, "protocol", None) == "task"):
         options["inference"] = "task_aware"
-    return ConDU(
-        model=model, optimizer=make_optimizer(model, train), criterion=criterion, **options,
-        train_mb_size=train.batch_size, train_epochs=train.epochs, eval_mb_size=train.eval_batch_size,
-        device=device, plugins=plugins, evaluator=evaluator, eval_every=-1,
-    )
+    return ConDU(model=model, optimizer=make_optimizer(model, train), criterion=criterion, **options,
+                 **template_kwargs(train, device, plugins, evaluator))
 
 
 # ConDU's code recipe (condu.md "Per task"): label smoothing 0.2, AdamW wd 0, cosine with 100 warm-up
