@@ -22,6 +22,8 @@ from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 log = logging.getLogger("runs")
+# Each command imports its modules when it runs: `--help`, `list`, `status`, `validate` and `data` skip the driver
+# (W&B, the run session: +2.9 s measured with -X importtime on the 2-core machine).
 
 
 def _parser() -> argparse.ArgumentParser:

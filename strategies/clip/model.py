@@ -51,7 +51,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..options import option
-from ..rng import run_seeded
 from .precision import (
     autocast,
     check_compatible,
@@ -122,9 +121,6 @@ class CLIPClassifier(nn.Module):
         self.prompt_sets: dict[str, list[list[str]]] = {name: [] for name in PROMPT_SETS}
         self.prompt_set: str = "eval"  # which set scores classes: "train" or "eval" (use_prompts)
         self.active_classes: list[int] = []
-        self.tower_seeds: tuple[int, int] | None = None  # seeded forward (MoZO's step randomness): see forward
-        self.seeded_image_features: torch.Tensor | None = None  # image features of the last seeded forward
-        self.seeded_text_features: torch.Tensor | None = None  # its text features
         self.precision: str = "fp32"  # compute precision of every forward (set_precision / precision_scope)
         self.storage_precision: str = frozen_precision(clip)  # dtype of the frozen backbone (cast_frozen)
         self.grad_checkpointing = False  # recompute each residual block in backward (set_grad_checkpointing)
@@ -298,17 +294,10 @@ class CLIPClassifier(nn.Module):
         return logits.index_copy(1, active, scores)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of ``images``; with ``tower_seeds = (s_vision, s_language)`` set, each tower runs under
-        its own seeded randomness (:func:`strategies.rng.run_seeded`) and the features are kept in
-        ``seeded_image_features`` / ``seeded_text_features`` (MoZO takes L(θ) and the features at θ from
-        this forward)."""
-        if self.tower_seeds is None:
-            return self.logits_from_features(self.encode_image(images), self.text_features())
-        vision, language = self.tower_seeds
-        image = run_seeded(lambda: self.encode_image(images), vision)
-        text = run_seeded(self.text_features, language)
-        self.seeded_image_features, self.seeded_text_features = image, text
-        return self.logits_from_features(image, text)
+        """Logits of ``images`` (module docstring): ``logits_from_features(encode_image, text_features)``.
+        A training method that needs more of a forward (towers under their own seeds, the features)
+        composes these three methods itself."""
+        return self.logits_from_features(self.encode_image(images), self.text_features())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

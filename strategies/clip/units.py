@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -48,34 +48,22 @@ class UnitsConfig:
     lora_scale: float | None = option(None, "lora: output scale; None = 1/sqrt(rank) (ConDU's code)", range=POSITIVE)
 
 
-class NoiseTape:
-    """The units' noise (dropout masks, router noise) of one forward per unit, recorded and replayed.
+class NoiseRecorder(Protocol):
+    """What a unit asks before it draws random numbers (dropout masks, router noise) and tells after.
 
-    MoZO evaluates one minibatch many times under the same model seed, so every unit draws the same
-    noise in every evaluation of a step; drawing it is ~20 % of a CPU step (Bernoulli masks). While
-    ``recording``, each unit keeps what it draws (the first draw per unit); while ``replaying``, a
-    unit whose recorded noise has the input's shape uses it and draws nothing. Exact when the units
-    are the model's only consumers of randomness after the point where the recording started (MoZO
-    checks that the backbone has no dropout of its own)."""
+    Units that draw noise (:func:`noise_units`) hold a ``noise_recorder`` (None by default: plain
+    draws). A training method that evaluates one minibatch many times under the same randomness sets
+    one (:func:`set_noise_recorder`) to record the draws of one forward and hand them back to later
+    forwards (MoZO's :class:`~strategies.mozo.noise.NoiseTape`). ``kind`` names the draw within the
+    unit (``"dropout"``, ``"router"``)."""
 
-    def __init__(self) -> None:
-        self.recording = False
-        self.replaying = False
-        self.store: dict[tuple[int, str], torch.Tensor] = {}
+    def replay(self, unit: nn.Module, kind: str, like: torch.Tensor) -> torch.Tensor | None:
+        """The noise to use instead of drawing (shaped like ``like``), or None to draw."""
+        ...
 
-    def clear(self) -> None:
-        self.recording = self.replaying = False
-        self.store.clear()
-
-    def lookup(self, module: nn.Module, kind: str, like: torch.Tensor) -> torch.Tensor | None:
-        if not self.replaying:
-            return None
-        noise = self.store.get((id(module), kind))
-        return noise if noise is not None and noise.shape == like.shape and noise.device == like.device else None
-
-    def keep(self, module: nn.Module, kind: str, noise: torch.Tensor) -> None:
-        if self.recording:
-            self.store.setdefault((id(module), kind), noise)
+    def record(self, unit: nn.Module, kind: str, noise: torch.Tensor) -> None:
+        """``unit`` drew ``noise``."""
+        ...
 
 
 class Adapter(nn.Module):
@@ -83,7 +71,7 @@ class Adapter(nn.Module):
 
     def __init__(self, width: int, bottleneck: int, scale: float, dropout: float) -> None:
         super().__init__()
-        self.noise_tape: NoiseTape | None = None  # set by MoZO for its steps (NoiseTape)
+        self.noise_recorder: NoiseRecorder | None = None  # records / replays the dropout mask (NoiseRecorder)
         self.down = nn.Linear(width, bottleneck)
         self.up = nn.Linear(bottleneck, width)
         self.dropout = nn.Dropout(dropout)
@@ -97,17 +85,18 @@ class Adapter(nn.Module):
         return self.scale * self.up(self._dropout(F.relu(self.down(x))))
 
     def _dropout(self, h: torch.Tensor) -> torch.Tensor:
-        """``nn.Dropout`` (same draws: ``torch.native_dropout``), its mask recorded / replayed by the tape."""
+        """``nn.Dropout`` (same draws: ``torch.native_dropout``), its mask recorded / replayed by the
+        :class:`NoiseRecorder` if one is set."""
         p = self.dropout.p
         if not self.training or p == 0.0:
             return h
-        tape = self.noise_tape
-        mask = tape.lookup(self, "dropout", h) if tape is not None else None
+        recorder = self.noise_recorder
+        mask = recorder.replay(self, "dropout", h) if recorder is not None else None
         if mask is not None:
             return h * mask * (1.0 / (1.0 - p))
         out, mask = torch.native_dropout(h, p, True)
-        if tape is not None:
-            tape.keep(self, "dropout", mask)
+        if recorder is not None:
+            recorder.record(self, "dropout", mask)
         return out
 
 
@@ -130,7 +119,7 @@ class MoEAdapter(nn.Module):
         self.w_noise = nn.Parameter(torch.zeros(width, cfg.experts))
         self.top_k = cfg.top_k
         self.noisy_gating = cfg.noisy_gating
-        self.noise_tape: NoiseTape | None = None  # set by MoZO for its steps (NoiseTape)
+        self.noise_recorder: NoiseRecorder | None = None  # records / replays the router noise (NoiseRecorder)
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
         """Mixing weights per sample, (B, E), from token 0 of ``x`` (B, T, D)."""
@@ -138,12 +127,12 @@ class MoEAdapter(nn.Module):
         logits = token0 @ self.w_gate  # (B, E)
         if self.noisy_gating and self.training:
             noise_std = F.softplus(token0 @ self.w_noise) + 1e-2
-            tape = self.noise_tape
-            eps = tape.lookup(self, "router", logits) if tape is not None else None
+            recorder = self.noise_recorder
+            eps = recorder.replay(self, "router", logits) if recorder is not None else None
             if eps is None:
                 eps = torch.randn_like(logits)
-                if tape is not None:
-                    tape.keep(self, "router", eps)
+                if recorder is not None:
+                    recorder.record(self, "router", eps)
             logits = logits + eps * noise_std
         top_val, top_idx = logits.topk(self.top_k, dim=-1)  # (B, k)
         # CUDA autocast runs softmax in float32 while the router logits are bf16/fp16: one dtype to scatter
@@ -210,6 +199,18 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.lora(x)
+
+
+def noise_units(model: nn.Module) -> list[Adapter | MoEAdapter]:
+    """The modules of ``model`` that draw random numbers through a :class:`NoiseRecorder` (adapters, MoE
+    units: dropout masks, router noise), in module order."""
+    return [m for m in model.modules() if isinstance(m, (Adapter, MoEAdapter))]
+
+
+def set_noise_recorder(model: nn.Module, recorder: NoiseRecorder | None) -> None:
+    """Give every unit of ``model`` that draws noise ``recorder`` (None: plain draws again)."""
+    for unit in noise_units(model):
+        unit.noise_recorder = recorder
 
 
 def tower_blocks(clip: Any) -> dict[str, nn.ModuleList]:
