@@ -20,6 +20,7 @@ from runs import checkpoint
 from runs.__main__ import main
 from runs.config import load_suite
 from strategies.clip import MASKED_LOGIT
+from strategies.cost import extra_state_of
 from strategies.options import defaults
 from strategies.rail import RAIL, RAILConfig, maths
 from strategies.rail import plugin as plugin_mod
@@ -137,6 +138,8 @@ def test_primal_plugin_fit_equals_the_joint_ridge_on_every_image_seen(tiny_model
     joint = maths.ridge_solution(maths.expand(feats, projection), F.one_hot(labels, 6).to(F64), 0.1)
     torch.testing.assert_close(strategy.rail.tensors["w"], joint, rtol=1e-7, atol=1e-9)
     assert strategy.rail.seen == sorted(bench.experience_classes[0] + bench.experience_classes[1])
+    assert extra_state_of(strategy.plugins) == {"rail_matrices": (40 * 40 + 40 * 6) * 8,
+                                                "rail_projection": 40 * feats.shape[1] * 8}
     assert all(not p.requires_grad or p.grad is None for p in model.parameters())  # nothing trained
 
 
@@ -151,6 +154,8 @@ def test_dual_plugin_stores_features_and_solves_over_all_of_them(tiny_model_fact
     torch.testing.assert_close(strategy.rail.tensors["alpha"],
                                maths.kernel_ridge_fit(feats, F.one_hot(labels, 6).to(F64), 0.01, 0.5))
     assert strategy.rail.storage() == sum(t.numel() * t.element_size() for t in strategy.rail.tensors.values())
+    n, dim = feats.shape
+    assert extra_state_of(strategy.plugins) == {"rail_features": n * dim * 8 + n * 8, "rail_alpha": n * 6 * 8}
 
 
 def test_evaluation_output_is_the_fusion_masked_to_the_label_space(tiny_model_factory, bench):

@@ -196,6 +196,18 @@ class RAILPlugin(SupervisedPlugin):
         """Bytes of the state kept across experiences (R, W; or the stored features, labels and α)."""
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    def extra_state(self) -> dict[str, int]:
+        """Bytes per kind of state beyond the backbone (:mod:`strategies.cost`): primal R and W (and the
+        projection, held in memory, regenerated from the seed on resume); dual the stored features with
+        their labels, and α."""
+        def size(*names: str) -> int:
+            return sum(self.tensors[n].numel() * self.tensors[n].element_size() for n in names if n in self.tensors)
+
+        if self.cfg.variant == "primal":
+            projection = 0 if self.projection is None else self.projection.numel() * self.projection.element_size()
+            return {"rail_matrices": size("r", "w"), "rail_projection": projection}
+        return {"rail_features": size("features", "labels"), "rail_alpha": size("alpha")}
+
     def state_dict(self) -> dict[str, Any]:
         """Tensors (on the CPU) and plain values only (runs.checkpoint loads with weights_only=True); the
         projection is not stored: its seed regenerates it."""
