@@ -380,6 +380,7 @@ def _check_precision(run: RunConfig, where: str, file: str) -> None:
 def _check_method(run: RunConfig, where: str, file: str) -> None:
     """The method's own cross-field checks (``MethodSpec.check``), e.g. MoZO's layer selection against
     the model's depth; their ``ValueError`` names the field relative to the run."""
+    assert run.method is not None
     check = METHODS[run.method.name].check
     if check is None:
         return
