@@ -187,10 +187,12 @@ def test_evaluation_output_is_the_fusion_masked_to_the_label_space(tiny_model_fa
 
 
 # ---- options from the YAML to the maths -----------------------------------------------------------
-def test_the_constructor_names_every_option_with_the_config_defaults():
+def test_the_constructor_names_every_option_with_the_config_defaults(tiny_model_factory):
     params = inspect.signature(RAIL.__init__).parameters
     for name, default in defaults(RAILConfig).items():
         assert params[name].default == default, name
+    with pytest.raises(TypeError, match="gama"):
+        RAIL(tiny_model_factory(kind="none"), gama=0.2)
 
 
 def _suite(tmp_path: Path, method: dict, stream: dict | None = None) -> Path:

@@ -7,18 +7,17 @@ and this class's forward computes the fused scores from one image pass (docs/met
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from avalanche.training.templates import SupervisedTemplate
 
 from ..clip import CLIPClassifier
+from ..options import split_fields, with_options
 from ..registry import MethodSpec, register
 from ..training import template_kwargs
 from .config import RAILConfig, check_run
 from .plugin import RAILPlugin
-
-Variant = Literal["primal", "dual"]
 
 
 class RAIL(SupervisedTemplate):
@@ -30,24 +29,17 @@ class RAIL(SupervisedTemplate):
     ``TypeError`` naming it). No optimizer is needed (a placeholder one is made when none is given).
     """
 
+    @with_options(RAILConfig)
     def __init__(self, model: CLIPClassifier, *, optimizer: torch.optim.Optimizer | None = None,
-                 criterion: Any = None, plugins: list | None = None, seed: int = 0,
-                 variant: Variant = RAILConfig.variant, projection_width: int = RAILConfig.projection_width,
-                 ridge: float = RAILConfig.ridge, gamma: float = RAILConfig.gamma,
-                 kernel_ridge: float = RAILConfig.kernel_ridge, fusion_weight: float = RAILConfig.fusion_weight,
-                 max_kernel_memory: float = RAILConfig.max_kernel_memory,
-                 kernel_shots: int | None = RAILConfig.kernel_shots, **kwargs: Any) -> None:
-        # the options are named here (Avalanche checks keywords against the signature); defaults: RAILConfig's
-        cfg = RAILConfig(variant=variant, projection_width=projection_width, ridge=ridge, gamma=gamma,
-                         kernel_ridge=kernel_ridge, fusion_weight=fusion_weight,
-                         max_kernel_memory=max_kernel_memory, kernel_shots=kernel_shots)
-        self.rail = RAILPlugin(cfg, seed=seed)
+                 criterion: Any = None, plugins: list | None = None, seed: int = 0, **kwargs: Any) -> None:
+        options, template_options = split_fields(RAILConfig, kwargs)
+        self.rail = RAILPlugin(RAILConfig(**options), seed=seed)
         if optimizer is None:  # SupervisedTemplate needs one; RAIL never steps it
             optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
         super().__init__(
             model=model, optimizer=optimizer,
             criterion=torch.nn.CrossEntropyLoss() if criterion is None else criterion,
-            plugins=[*(plugins or []), self.rail], **kwargs,
+            plugins=[*(plugins or []), self.rail], **template_options,
         )
 
     def _train_exp(self, experience: Any, eval_streams: Any = None, **kwargs: Any) -> None:
