@@ -456,11 +456,25 @@ def test_mozo_is_built_by_keyword_like_avalanche_strategies(tiny_model_factory):
         MoZOPlugin(eps=1e-3)
 
 
+def _count_forwards(model, monkeypatch):
+    """Image-tower and text-tower forwards of ``model`` from now on (the text cache serves without one)."""
+    calls = {"image": 0, "text": 0}
+    image, text = model.clip.encode_image, model._encode_prompts
+
+    def count(name, fn):
+        def wrapped(*a, **kw):
+            calls[name] += 1
+            return fn(*a, **kw)
+        return wrapped
+
+    monkeypatch.setattr(model.clip, "encode_image", count("image", image))
+    monkeypatch.setattr(model, "_encode_prompts", count("text", text))
+    return calls
+
+
 @pytest.mark.parametrize("perturbation", ["joint", "per_tower"])
 def test_per_tower_step_costs_the_forwards_of_a_joint_step(tiny_model_factory, monkeypatch, perturbation):
     model = tiny_model_factory("moe", dropout=0.0).eval()
-    from test_mozo_step_cost import _count_forwards
-
     plugin = _attached(model, branch="dual", layers="all", vision_perturbation=perturbation)
     calls = _count_forwards(model, monkeypatch)
     plugin.before_update(_Batch(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]), lr=0.01))
@@ -469,13 +483,13 @@ def test_per_tower_step_costs_the_forwards_of_a_joint_step(tiny_model_factory, m
     assert calls == {"image": 5, "text": 5}
 
 
-def test_alignment_bench_table(tmp_path):
-    from runs.bench_align import alignment_table
+def test_alignment_study_table(tmp_path):
+    from runs.studies.align import alignment_table
 
     table = alignment_table(arch="clip-tiny", batch_size=2, directions_per_seed=3, seeds=2, ratios=(0.5,))
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
     assert set(rows) >= {"joint", "scaled", "per_tower"} and "3 directions × 2 seeds" in table
     assert rows["scaled"][2:4] == rows["joint"][2:4] and rows["scaled"][4].startswith("0.5")  # same direction
     assert rows["per_tower"][3] == "1.000 ± 0.000"  # a lone two-sided vision probe has the gradient's sign
-    with pytest.raises(ValueError, match="mozo-align: directions, seeds and ratios"):
+    with pytest.raises(ValueError, match="study align: directions, seeds and ratios"):
         alignment_table(directions_per_seed=0)
