@@ -9,4 +9,4 @@ from __future__ import annotations
 from . import _torchvision_compat  # noqa: F401  (before anything imports torchvision)
 
 # isort: split
-from . import baselines, condu, mozo, rail  # noqa: F401  (each registers its methods)
+from . import baselines, condu, merging, moe_adapters, mozo, rail, zscl  # noqa: F401  (each registers its methods)

@@ -557,3 +557,100 @@ def decouple_reference(unified: Mapping[str, Tensor], trigger: Trigger) -> Delta
     δ̃ⁱ = λ_i · Mⁱ ⊙ U, key by key, whole tensors at once (θ̃ⁱ = θ⁰ + δ̃ⁱ gives the same bits)."""
     _check_layout(unified, trigger.shapes, "decouple_reference(unified, trigger)")
     return {key: _decouple_tensor(u, trigger, key) for key, u in unified.items()}
+
+
+# --------------------------------------------------------------------------- merging baselines' primitives
+#
+# Task Arithmetic, TIES and MagMax (strategies/merging, docs/methods/merging.md) reuse the chunking above:
+# ``chunk_ranges`` walks every tensor in the same bounded element ranges, ``delta_chunk`` reads δ = θ − θ⁰
+# there without materialising δ, ``kth_magnitude`` finds a whole-model magnitude threshold in two passes,
+# and ``max_magnitude_into`` folds one more task vector into a running max-|δ| merge.
+
+RADIX_BINS = 1 << 16  # bins of each radix pass of kth_magnitude: 16 bits of the float32 pattern per pass
+
+
+def chunk_ranges(sizes: Mapping[str, int], n_tasks: int = 1, chunk_bytes: int | None = None,
+                 ) -> Iterator[tuple[str, int, int]]:
+    """``(key, start, stop)`` flat element ranges covering every tensor of ``sizes`` (key → numel), in
+    the bounded chunks of this module (``chunk_bytes / (24 · n_tasks)`` elements, whole SUM_BLOCKs, so
+    ``start`` is a multiple of 8: whole mask bytes)."""
+    size = _chunk_elements(sizes, n_tasks, chunk_bytes)
+    for key, n in sizes.items():
+        for start, stop in _chunks(n, size):
+            yield key, start, stop
+
+
+def delta_chunk(theta: Mapping[str, Tensor], theta0: Mapping[str, Tensor], key: str, start: int, stop: int) -> Tensor:
+    """δ[start:stop] of one tensor, flat: θ − θ⁰.to(θ), the same floats as :func:`task_delta` (detached)."""
+    t = _flat(theta[key].detach())
+    return t[start:stop] - _flat(theta0[key].detach())[start:stop].to(t)
+
+
+def _float_sizes(theta: Mapping[str, Tensor], theta0: Mapping[str, Tensor], what: str) -> dict[str, int]:
+    """numel per float key of θ⁰, after checking θ has them with equal shapes (as :func:`task_delta`)."""
+    ref = {k: v for k, v in theta0.items() if v.is_floating_point()}
+    other = {k: v for k, v in theta.items() if k in ref or v.is_floating_point()}
+    _check_layout(ref, other, f"{what}(theta, theta0)")
+    _check_float(other, f"{what}(theta)")
+    return {k: v.numel() for k, v in ref.items()}
+
+
+def _magnitude_bits(chunk: Tensor) -> Tensor:
+    """|x| in float32 as its int32 bit pattern: for non-negative floats the patterns order as the values."""
+    return chunk.abs().to(torch.float32).contiguous().view(torch.int32)
+
+
+def _select_bin(counts: Tensor, rank: int) -> tuple[int, int]:
+    """The bin holding the ``rank``-th smallest entry (1-based) and that entry's rank inside the bin."""
+    cumulative = counts.cumsum(0)
+    index = int(torch.searchsorted(cumulative, torch.tensor([rank], dtype=cumulative.dtype)).item())
+    before = int(cumulative[index - 1].item()) if index > 0 else 0
+    return index, rank - before
+
+
+def kth_magnitude(theta: Mapping[str, Tensor], theta0: Mapping[str, Tensor], k: int, *,
+                  chunk_bytes: int | None = None) -> Tensor:
+    """The ``k``-th smallest |δ| (1-based) over EVERY entry of δ = θ − θ⁰ (the whole model, float32), as
+    ``torch.kthvalue`` of the concatenated |δ| — the threshold of TIES's trimming (docs/methods/merging.md).
+
+    Bounded memory: a radix selection on the float32 bit patterns (non-negative floats order as their
+    bits), two passes over :func:`chunk_ranges` chunks — a histogram of the high 16 bits finds the bin
+    of the k-th entry, a histogram of the low 16 bits inside that bin finds the entry. Exact for any
+    chunk size. Returns a 0-d float32 tensor on the CPU.
+    """
+    sizes = _float_sizes(theta, theta0, "kth_magnitude")
+    total = sum(sizes.values())
+    if not 1 <= k <= total:
+        raise ValueError(f"kth_magnitude: k must be in [1, {total}] (entries of the delta), got {k}")
+    high = torch.zeros(RADIX_BINS, dtype=torch.int64)
+    for key, start, stop in chunk_ranges(sizes, 1, chunk_bytes):
+        bits = _magnitude_bits(delta_chunk(theta, theta0, key, start, stop))
+        high += torch.bincount(bits >> 16, minlength=RADIX_BINS).cpu()
+    top, rank = _select_bin(high, k)
+    low = torch.zeros(RADIX_BINS, dtype=torch.int64)
+    for key, start, stop in chunk_ranges(sizes, 1, chunk_bytes):
+        bits = _magnitude_bits(delta_chunk(theta, theta0, key, start, stop))
+        low += torch.bincount(bits[(bits >> 16) == top] & 0xFFFF, minlength=RADIX_BINS).cpu()
+    bottom, _ = _select_bin(low, rank)
+    return torch.tensor([(top << 16) | bottom], dtype=torch.int32).view(torch.float32)[0]
+
+
+def kth_magnitude_reference(delta: Mapping[str, Tensor], k: int) -> Tensor:
+    """Test oracle of :func:`kth_magnitude`: ``torch.kthvalue`` of all |δ| concatenated (float32, CPU)."""
+    flat = torch.cat([d.detach().abs().to(torch.float32).reshape(-1).cpu() for d in delta.values()])
+    return flat.kthvalue(k).values
+
+
+def max_magnitude_into(out: Mapping[str, Tensor], theta: Mapping[str, Tensor], theta0: Mapping[str, Tensor], *,
+                       chunk_bytes: int | None = None) -> None:
+    """Fold one task vector δ = θ − θ⁰ into a running max-magnitude merge, in place and chunk by chunk:
+    ``out ← where(|δ| ≥ |out|, δ, out)`` (MagMax §3.2; the authors' ``merge_max_abs`` folds the task
+    vectors left to right with ``>=``, so on equal magnitudes the LATER task wins). Start ``out`` at zeros:
+    the first fold copies δ¹. Element-wise: any ``chunk_bytes`` gives the same bits."""
+    sizes = _float_sizes(theta, theta0, "max_magnitude_into")
+    _check_layout({k: theta0[k] for k in sizes}, out, "max_magnitude_into(theta0, out)")
+    with torch.no_grad():
+        for key, start, stop in chunk_ranges(sizes, 1, chunk_bytes):
+            d = delta_chunk(theta, theta0, key, start, stop)
+            o = _flat(out[key])[start:stop]
+            o.copy_(torch.where(d.abs() >= o.abs(), d.to(o.dtype), o))
