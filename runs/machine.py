@@ -34,7 +34,7 @@ def check_machine(run: RunConfig) -> list[str]:
         problems.append(f"train.device={name!r} but this machine has {torch.cuda.device_count()} CUDA devices")
     elif name == "mps" and not torch.backends.mps.is_available():
         problems.append("train.device='mps' but MPS is not available on this machine")
-    problems += _check_precision(run) + _check_data(run) + _check_weights(run)
+    problems += _check_precision(run) + _check_data(run) + _check_weights(run) + _check_method_data(run)
     return problems
 
 
@@ -67,6 +67,13 @@ def _check_data(run: RunConfig) -> list[str]:
     return [f"stream {run.stream.name}: data under {run.data_root!r} is not usable: {shown}{more}"
             f"{'' if run.download else ' and download is off'}; see `python -m runs data check "
             f"{run.stream.name} --data-root {run.data_root}`"]
+
+
+def _check_method_data(run: RunConfig) -> list[str]:
+    """Data a method reads besides the stream (ZSCL's reference images and captions): its config's
+    ``machine_problems(run)``, when it has one."""
+    check = getattr(run.method.cfg, "machine_problems", None) if run.method is not None else None
+    return list(check(run)) if callable(check) else []
 
 
 def _check_weights(run: RunConfig) -> list[str]:
