@@ -138,6 +138,7 @@ class RunSession:
             self.model, run.method.cfg, train=run.train, plugins=plugins, evaluator=evaluator,
             device=self.device, criterion=make_criterion(run.train),
             benchmark=self.benchmark, seed=self.seed, task_aware=run.eval.task_aware,
+            data_root=run.data_root, download=run.download,  # data a method reads besides the stream
         )
         if self.precision == "fp16" and spec.trains:
             # last: it scales the complete loss, after the method plugin the constructor appended

@@ -106,6 +106,12 @@ class MoEAdapter(nn.Module):
     ``g = softmax(topk(x_0 W_gate + ε · (softplus(x_0 W_noise) + 1e-2)))``, ε ~ N(0, 1) in training
     only; output ``Σ_e g_e A_e(x)``. Router weights start at zero, so ``g`` is uniform and, with
     zero up-projections, the unit outputs zero.
+
+    MoE-Adapters' MTIL machinery (docs/methods/moe_adapters.md), all off by default: a router bank
+    (:meth:`add_routers`; router 0 is ``w_gate`` / ``w_noise``, routers 1.. are ``gate_bank`` /
+    ``noise_bank``) with ``route`` choosing the router in use, or None to switch the unit off
+    (output 0: frozen CLIP); ``counts`` (an (E,) int64 tensor) adds up, while training, the experts
+    each sample's gates chose; ``sparse`` runs each expert only on the samples that chose it.
     """
 
     def __init__(self, width: int, cfg: UnitsConfig) -> None:
@@ -120,13 +126,37 @@ class MoEAdapter(nn.Module):
         self.top_k = cfg.top_k
         self.noisy_gating = cfg.noisy_gating
         self.noise_recorder: NoiseRecorder | None = None  # records / replays the router noise (NoiseRecorder)
+        self.gate_bank = nn.ParameterList()  # routers 1.. of a router bank (add_routers); no keys when empty
+        self.noise_bank = nn.ParameterList()
+        self.route: int | None = 0  # router in use; None: the unit is off (outputs 0)
+        self.counts: torch.Tensor | None = None  # (E,) int64: experts chosen per sample while training
+        self.sparse = False  # each expert runs on the samples whose gates chose it (else on all, gate 0)
+
+    @property
+    def n_routers(self) -> int:
+        return 1 + len(self.gate_bank)
+
+    def add_routers(self, total: int) -> None:
+        """Grow the router bank to ``total`` routers, each a zero (D, E) gate and noise matrix."""
+        while self.n_routers < total:
+            self.gate_bank.append(nn.Parameter(torch.zeros_like(self.w_gate)))
+            self.noise_bank.append(nn.Parameter(torch.zeros_like(self.w_noise)))
+
+    def router(self, index: int) -> tuple[nn.Parameter, nn.Parameter]:
+        """(gate, noise) matrices of router ``index`` (0: ``w_gate`` / ``w_noise``)."""
+        if not 0 <= index < self.n_routers:
+            raise IndexError(f"router {index} of a bank of {self.n_routers}")
+        if index == 0:
+            return self.w_gate, self.w_noise
+        return self.gate_bank[index - 1], self.noise_bank[index - 1]
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
-        """Mixing weights per sample, (B, E), from token 0 of ``x`` (B, T, D)."""
+        """Mixing weights per sample, (B, E), from token 0 of ``x`` (B, T, D), by router ``route``."""
+        w_gate, w_noise = self.router(self.route or 0)
         token0 = x[:, 0]  # (B, D)
-        logits = token0 @ self.w_gate  # (B, E)
+        logits = token0 @ w_gate  # (B, E)
         if self.noisy_gating and self.training:
-            noise_std = F.softplus(token0 @ self.w_noise) + 1e-2
+            noise_std = F.softplus(token0 @ w_noise) + 1e-2
             recorder = self.noise_recorder
             eps = recorder.replay(self, "router", logits) if recorder is not None else None
             if eps is None:
@@ -135,14 +165,34 @@ class MoEAdapter(nn.Module):
                     recorder.record(self, "router", eps)
             logits = logits + eps * noise_std
         top_val, top_idx = logits.topk(self.top_k, dim=-1)  # (B, k)
+        if self.counts is not None and self.training:
+            flat = top_idx.flatten()  # (B·k,) the chosen experts; index_add_ keeps it on the device
+            self.counts.index_add_(0, flat.to(self.counts.device), torch.ones_like(flat, device=self.counts.device,
+                                                                                   dtype=self.counts.dtype))
         # CUDA autocast runs softmax in float32 while the router logits are bf16/fp16: one dtype to scatter
         return torch.zeros_like(logits).scatter(-1, top_idx, top_val.softmax(dim=-1).to(logits.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.route is None:
+            return torch.zeros_like(x)  # unit off: the block is frozen CLIP's (x + mlp(ln_2(x)) + 0)
         gates = self.gates(x).to(x.dtype)  # (B, E); the residual stream keeps its dtype under autocast
+        if self.sparse:
+            return self._sparse_mix(x, gates)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             out = out + gates[:, e, None, None] * expert(x)  # (B, T, D)
+        return out
+
+    def _sparse_mix(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """``Σ_e g_e A_e(x)`` with expert e run on the rows where ``g_e ≠ 0`` only (MoE-Adapters'
+        ``SparseDispatcher``): an expert no sample chose is not run and gets no gradient."""
+        chosen = gates != 0  # (B, E)
+        sizes = chosen.sum(0).tolist()  # samples per expert (one host read)
+        rows_by_expert = chosen.t().nonzero()[:, 1].split(sizes)  # per expert: its rows, ascending
+        out = torch.zeros_like(x)
+        for e, (expert, rows) in enumerate(zip(self.experts, rows_by_expert, strict=True)):
+            if rows.numel():
+                out = out.index_add(0, rows, gates[rows, e, None, None] * expert(x[rows]))  # (B, T, D)
         return out
 
 
