@@ -7,7 +7,7 @@ Order of work in :func:`run_suite`, the same for serial, local, Ray and Slurm:
 2. check: the machine facts of every run that will start when its job runs on this machine
    (:mod:`runs.machine`), then the backend's own checks (GPU count, cluster address, ``--time``)
    — so a refusal or a missing dataset stops the suite before anything ran (exit 2);
-3. write ``.probe`` (every job checks it sees the driver's output folder) and ``.plan.json``
+3. write ``.probes/<token>`` (every job checks it sees the driver's output folder) and ``.plan.json``
    (:mod:`runs.status`), account the runs skipped as finished / failed earlier;
 4. hand the startable jobs to the backend (:mod:`runs.executors`); a run that raises is marked
    failed and the suite goes on (``--fail-fast`` stops a serial suite);
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SuiteConfig
-from .executors import ExecutorOptions, Job, JobResult, absolute, backend, write_probe
+from .executors import ExecutorOptions, Job, JobResult, absolute, backend, remove_probe, write_probe
 from .machine import preflight
 from .planning import STARTABLE, Planned, plan, refuse_locked
 from .report import load_run_records, write_results
@@ -81,8 +81,12 @@ def run_suite(suite: SuiteConfig, options: ExecutorOptions | None = None, *, onl
     account_skips(outcome, planned)
     jobs = [Job(suite, p.run, p.seed, p.action, probe=probe, online=online, verbose=verbose, key=p.key,
                 **runner.job_fields) for p in planned if p.action in STARTABLE]
-    results = runner.run(suite, jobs) if jobs else []
-    if results is None:  # submitted, not followed (--no-wait)
+    try:
+        results = runner.run(suite, jobs) if jobs else []
+    finally:
+        if options.wait:
+            remove_probe(suite, probe)
+    if results is None:  # submitted, not followed (--no-wait): the jobs check the probe later
         outcome.submitted = True
         return outcome
     collect(outcome, results)

@@ -18,7 +18,7 @@ There is no scheduler here: the executors are multiprocessing, Ray and Slurm the
 from __future__ import annotations
 
 from .base import EXECUTORS, Backend, ExecutorOptions, absolute, announce, check_options, launcher
-from .job import Job, JobResult, run_job, write_probe
+from .job import Job, JobResult, remove_probe, run_job, write_probe
 from .local import LocalBackend
 from .ray import RayBackend
 from .serial import SerialBackend
@@ -36,4 +36,4 @@ def backend(options: ExecutorOptions, *, fail_fast: bool = False) -> Backend:
 
 
 __all__ = ["BACKENDS", "EXECUTORS", "Backend", "ExecutorOptions", "Job", "JobResult", "absolute", "announce",
-           "backend", "check_options", "launcher", "run_job", "write_probe"]
+           "backend", "check_options", "launcher", "remove_probe", "run_job", "write_probe"]

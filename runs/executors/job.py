@@ -31,7 +31,7 @@ from ..runkey import RunKey
 from ..session import RunSession
 
 log = logging.getLogger("runs.executors")
-PROBE = ".probe"
+PROBES = ".probes"  # <suite>/.probes/<token>: one file per invocation (concurrent ones do not clash)
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Job:
     run: RunConfig
     seed: int
     action: str  # one of planning.STARTABLE
-    probe: str = ""  # token the driver wrote to <suite>/.probe; "" = not checked
+    probe: str = ""  # the driver's token: <suite>/.probes/<token> must exist here; "" = not checked
     online: bool = False
     verbose: bool = False
     threads: int | None = None  # torch.set_num_threads in the worker (None: leave torch's default)
@@ -72,19 +72,24 @@ class JobResult:
 
 
 def write_probe(suite: SuiteConfig) -> str:
-    """Write ``<suite>/.probe`` with a fresh token; every job checks it sees the same file."""
+    """Write ``<suite>/.probes/<token>`` with a fresh token; every job checks it sees that file."""
     token = secrets.token_hex(8)
-    atomic_write_text(ensure_dir(suite.dir) / PROBE, token)
+    atomic_write_text(ensure_dir(suite.dir / PROBES) / token, token)
     return token
+
+
+def remove_probe(suite: SuiteConfig, token: str) -> None:
+    """Remove this invocation's probe once its jobs have ended."""
+    (suite.dir / PROBES / token).unlink(missing_ok=True)
 
 
 def check_probe(suite: SuiteConfig, token: str) -> str | None:
     """None when this machine sees the driver's probe; else the one-line problem."""
     if not token:
         return None
-    path = suite.dir / PROBE
+    path = suite.dir / PROBES / token
     try:
-        seen = path.read_text().strip()
+        seen: str | None = path.read_text().strip()
     except OSError:
         seen = None
     if seen == token:
