@@ -29,6 +29,9 @@ SOURCES = {
     "captions": "Conceptual Captions' validation captions (Validation_GCC-1.1.0-Validation.tsv from "
                 "ai.google.com/research/ConceptualCaptions)",
 }
+# The stand-in captions of runs/suites/zscl_tiny.yaml (NOT Conceptual Captions): these names × templates.
+STANDIN_CLASSES = ("goldfish", "tabby cat", "school bus", "mountain", "bridge", "pizza", "lighthouse", "forest",
+                   "river", "airplane", "bicycle", "dog", "horse", "beach", "city street", "kitchen")
 STANDIN_TEMPLATES = ("a photo of a {}.", "a close-up photo of a {}.", "a {} in the wild.",
                      "a blurry photo of a {}.", "a drawing of a {}.")
 
@@ -124,7 +127,8 @@ class ImageFolderImages(Dataset):
             return self.transform(image.convert("RGB"))
 
 
-def standin_captions(class_names: Iterable[str], templates: Iterable[str] = STANDIN_TEMPLATES) -> list[str]:
+def standin_captions(class_names: Iterable[str] = STANDIN_CLASSES,
+                     templates: Iterable[str] = STANDIN_TEMPLATES) -> list[str]:
     """Stand-in captions: every template filled with every class name (class-major order)."""
     templates = list(templates)
     return [t.format(name) for name in class_names for t in templates]
