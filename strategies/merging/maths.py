@@ -116,7 +116,11 @@ class TrimmedDelta:
 def trim(theta: Mapping[str, Tensor], theta0: Mapping[str, Tensor], k: float, *,
          chunk_bytes: int | None = None) -> TrimmedDelta:
     """TIES's trim of δ = θ − θ⁰ (over θ⁰'s float keys): keep |δ| ≥ the threshold of :func:`trim_rank`
-    over the whole model (found first by :func:`~strategies.condu.fusion.kth_magnitude`), chunk by chunk."""
+    over the whole model (found first by :func:`~strategies.condu.fusion.kth_magnitude`), chunk by chunk.
+
+    Exact zeros are not stored even where the threshold is 0 (more than 100 − k % of δ unchanged, which the
+    authors' ``>=`` keeps): a zero adds nothing to the election's sum, the disjoint sum or its count, so
+    the merge is the same and the storage stays ≤ the kept fraction."""
     keys = {key: v for key, v in theta0.items() if v.is_floating_point()}
     sizes = {key: v.numel() for key, v in keys.items()}
     threshold = kth_magnitude(theta, theta0, trim_rank(sum(sizes.values()), k), chunk_bytes=chunk_bytes)
@@ -125,7 +129,7 @@ def trim(theta: Mapping[str, Tensor], theta0: Mapping[str, Tensor], k: float, *,
     with torch.no_grad():
         for key, start, stop in chunk_ranges(sizes, 1, chunk_bytes):
             d = delta_chunk(theta, theta0, key, start, stop).to(torch.float32)
-            keep = d.abs() >= threshold.to(d.device)
+            keep = (d.abs() >= threshold.to(d.device)) & (d != 0)  # a kept 0 changes no sum, sign or count
             masks[key][start // 8:(stop + 7) // 8] = pack_mask(keep)
             parts[key].append(d[keep])
     values = {key: torch.cat(p) if p else torch.zeros(0) for key, p in parts.items()}
