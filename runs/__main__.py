@@ -114,7 +114,7 @@ def _suite_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _executor_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("scaling out (README: Scaling out)")
+    group = parser.add_argument_group("scaling out (docs/scaling.md)")
     group.add_argument("--executor", default="serial", metavar="serial|local|ray|slurm",
                        help="where the runs execute (default: serial, in this process)")
     group.add_argument("--workers", type=int, default=None, help="local: runs at once (default: GPUs, else 1)")

@@ -1,6 +1,6 @@
 """``train.compile``: the towers are compiled in place (state-dict keys unchanged, the classifier's methods
 plain Python); logits and unit gradients equal the eager ones. CI uses the cheap ``aot_eager`` backend
-(inductor compiles for 40-100 s on 2 CPU cores, README "Speed")."""
+(inductor compiles for 40-100 s on 2 CPU cores, docs/speed.md, "Compiling the towers")."""
 
 from __future__ import annotations
 

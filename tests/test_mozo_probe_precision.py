@@ -1,8 +1,8 @@
 """ZO probes under mixed precision (issue [speed] 1): the default probes in fp32 keep the estimate's sign.
 
-With bf16 autocast, a two-sided difference at ε = 1e-3 is dominated by bf16 rounding (README table:
-sign agreement about one half on clip-tiny-12l); MoZO's default ``probe_precision: fp32`` evaluates
-every ZO loss in fp32 while the FO forward and backward stay in bf16.
+With bf16 autocast, a two-sided difference at ε = 1e-3 is dominated by bf16 rounding (docs/speed.md,
+"ZO probes under mixed precision": sign agreement about one half on clip-tiny-12l); MoZO's default
+``probe_precision: fp32`` evaluates every ZO loss in fp32 while the FO forward and backward stay in bf16.
 """
 
 from __future__ import annotations

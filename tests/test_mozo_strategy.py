@@ -207,7 +207,7 @@ def _moves(plugin, before):
 def test_defaults_are_the_papers_reading():
     cfg = MoZOConfig()
     assert (cfg.branch, cfg.layers, cfg.vision_perturbation, cfg.sign, cfg.candidate) == (
-        "dual", "hop-even", "per_tower", "scalar", "conservative")  # per_tower: README alignment table
+        "dual", "hop-even", "per_tower", "scalar", "conservative")  # docs/methods/mozo.md#vision-perturbation
     assert cfg.eps_vision < cfg.eps_language and cfg.penalties and cfg.mix == 1.0 and cfg.zo_lr is None
 
 

@@ -29,7 +29,7 @@ so they are not run here. Figures per reading, mean ± std over seeds:
   0 = no better than chance;
 - ``step``: ‖d_v‖ / ‖z_v‖ (the vision step size relative to ``joint``'s).
 
-Decision rule, fixed before measuring (README, "Fidelity / MoZO"): a reading replaces ``joint`` as the
+Decision rule, fixed before measuring (docs/methods/mozo.md, "Vision perturbation"): a reading replaces ``joint`` as the
 default only if its mean agreement at the default ε_v/ε_l = 0.5 exceeds ``joint``'s by ≥ 0.1 on both
 the tiny 12-layer model and ViT-B/16 shapes, and its cos(K) is not lower on either.
 """

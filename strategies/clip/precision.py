@@ -1,6 +1,6 @@
 """Compute precision of the CLIP classifier's forwards: names, autocast dtypes, TF32. Imports only torch.
 
-Two settings, two meanings (README "Mixed precision"):
+Two settings, two meanings (docs/speed.md, "Mixed precision"):
 
 - ``train.precision`` is the **compute** precision (:data:`PRECISIONS`): ``fp32`` (plain float32),
   ``tf32`` (float32 tensors, CUDA matmuls / convolutions on TF32 tensor cores), ``bf16`` / ``fp16``
