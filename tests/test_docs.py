@@ -60,3 +60,34 @@ def test_docs_build_with_warnings_as_errors(tmp_path: Path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, f"sphinx-build failed:\n{result.stderr[-6000:]}"
     assert (tmp_path / "html" / "index.html").is_file()
+
+
+def _cites_own_readme(line: str) -> bool:
+    """A citation of the project's own README ("(README)", "the README, Speed"), not a third-party one
+    named before it ("prateeky2806/ties-merging README", "the TIES README")."""
+    for match in re.finditer(r"\bREADME\b", line):
+        before = re.search(r"([\w./-]+)\W*$", line[: match.start()])
+        if before is None or before.group(1).lower() in {"the", "our", "see", "in", "this"}:
+            return True
+    return False
+
+
+def test_code_cites_docs_pages_not_readme_paragraphs():
+    offenders = []
+    for package in (*PACKAGES, "tests", "examples"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name == "test_docs.py":
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if _cites_own_readme(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "cite docs/<page>.md or a paper section, not the README:\n" + "\n".join(offenders)
+
+
+def test_readme_citation_finder():
+    assert _cites_own_readme('Two settings (README "Mixed precision"):')
+    assert _cites_own_readme("see the README, Speed")
+    assert _cites_own_readme("(README)")
+    assert not _cites_own_readme("k = 20 (top 20% kept; prateeky2806/ties-merging README")
+    assert not _cites_own_readme("searches λ; the TIES README searches")
+    assert not _cites_own_readme("docs/speed.md, 'Mixed precision'")
