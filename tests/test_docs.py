@@ -66,7 +66,7 @@ def _cites_own_readme(line: str) -> bool:
     """A citation of the project's own README ("(README)", "the README, Speed"), not a third-party one
     named before it ("prateeky2806/ties-merging README", "the TIES README")."""
     for match in re.finditer(r"\bREADME\b", line):
-        before = re.search(r"([\w./-]+)\W*$", line[: match.start()])
+        before = re.search(r"([\w./-]+)\s+$", line[: match.start()])
         if before is None or before.group(1).lower() in {"the", "our", "see", "in", "this"}:
             return True
     return False
