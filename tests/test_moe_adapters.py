@@ -399,3 +399,14 @@ def test_missing_alexnet_weights_offline_refuses_before_any_work(tmp_path, monke
     err = capsys.readouterr().err
     assert err.count("AlexNet weights are not cached") == 1 and "method.ddas.pretrained: none" in err
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "tiny-imagenet-200").is_dir(), reason=f"{SHARED}/tiny-imagenet-200 not present")
+def test_domain0_reads_tinyimagenet_through_the_models_transform(tiny_model_factory):
+    model = tiny_model_factory(kind="moe")
+    dataset = plugin_mod.domain0_dataset(model, str(SHARED), False, per_class=1)
+    image, _ = dataset[0]
+    assert len(dataset) == 200 and image.shape == (3, 32, 32)

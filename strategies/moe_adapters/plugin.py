@@ -331,12 +331,11 @@ class MoEAdaptersPlugin(SupervisedPlugin):
 def domain0_dataset(model: CLIPClassifier, data_root: str, download: bool, per_class: int | None) -> Dataset:
     """TinyImageNet's training images (the first ``per_class`` per class) through the model's evaluation
     transform: DDAS's "like pre-training" domain 0."""
-    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from benchmarks.tinyimagenet import ensure_tinyimagenet, read_tiny_classes, tiny_train_files
 
     folder = ensure_tinyimagenet(data_root, download)
     wnids, _ = read_tiny_classes(folder)
-    preprocess = open_clip.PreprocessCfg(**model.clip.visual.preprocess_cfg)
-    transform = open_clip.image_transform_v2(preprocess, is_train=False)
+    transform = image_transform_v2(PreprocessCfg(**model.clip.visual.preprocess_cfg), is_train=False)
     return _Images(tiny_train_files(folder, wnids, per_class), transform)
