@@ -81,7 +81,7 @@ def _params(session):
     return {n: p.detach().clone() for n, p in session.model.named_parameters() if p.requires_grad}
 
 
-def test_methods_are_registered_with_their_configs_and_conducive_recipe():
+def test_methods_are_registered_with_condus_recipe_and_the_sourced_defaults():
     for name in ("task-arithmetic", "ties", "magmax"):
         spec = METHODS[name]
         assert spec.recipe["iterations"] == 1000 and spec.recipe["label_smoothing"] == 0.2, name
