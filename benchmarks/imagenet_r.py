@@ -87,7 +87,10 @@ def split_files(folder: str, wnids: list[str],
     """Train = every image not in ``test_list``; test = the listed images that exist."""
     index = {w: i for i, w in enumerate(wnids)}
     test_set = set(test_list)
-    train_p, train_t, test_p, test_t = [], [], [], []
+    train_p: list[str] = []
+    train_t: list[int] = []
+    test_p: list[str] = []
+    test_t: list[int] = []
     for wnid in wnids:
         class_dir = os.path.join(folder, wnid)
         if not os.path.isdir(class_dir):

@@ -352,7 +352,12 @@ def build_mtil(cfg: MTILConfig, ctx: StreamContext) -> CLIPBenchmark:
 
     order = check_mtil(cfg)
     omitted = stream_datasets(cfg)[1]
-    trains, tests, names, prompts, train_prompts, exp_classes = [], [], [], [], [], []
+    trains: list[OffsetSubset] = []
+    tests: list[OffsetSubset] = []
+    names: list[str] = []
+    prompts: list[list[str]] = []
+    train_prompts: list[list[str]] = []
+    exp_classes: list[list[int]] = []
     for name in order:
         src = load_source(name, ctx.data_root, ctx.download, cfg.split_seed)
         offset = len(names)

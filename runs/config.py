@@ -197,7 +197,7 @@ def _coerce(value: Any, tp: Any, where: str, file: str) -> Any:
             return value
         allowed = ", ".join(str(a) for a in typing.get_args(tp))
         raise ConfigError(f"{file}: {where} = {short(value)}: allowed values: {allowed}")
-    elif dataclasses.is_dataclass(tp):
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where, file)
     elif origin is list:
         if isinstance(value, list):
@@ -460,7 +460,7 @@ def _component_has(merged: dict, key: str) -> bool:
     registry = METHODS if parts[0] == "method" else STREAMS
     current = merged.get(parts[0])
     name = current if isinstance(current, str) else (current or {}).get("name")
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         return True  # the run's own error (unknown component) is reported by parse_run
     return parts[1] in {f.name for f in dataclasses.fields(registry[name].config)}
 

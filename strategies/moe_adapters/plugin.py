@@ -233,7 +233,7 @@ class MoEAdaptersPlugin(SupervisedPlugin):
 
     def _train_domain0(self, strategy: Any) -> None:
         dataset = domain0_dataset(strategy.model, self.data_root, self.download, self.cfg.ddas.domain0_per_class)
-        log.info("MoE-Adapters DDAS: domain-0 autoencoder on %d TinyImageNet images", len(dataset))
+        log.info("MoE-Adapters DDAS: domain-0 autoencoder on %d TinyImageNet images", len(dataset))  # type: ignore[arg-type]
         self.autoencoders.insert(0, self.fit_autoencoder(self._loader(dataset), self.cfg.ddas.domain0_iterations,
                                                          strategy.device))
         self.domain0_trained = True
