@@ -38,6 +38,7 @@ from strategies.training import GradScalerPlugin, LabelSpacePlugin, RecipePlugin
 from . import checkpoint
 from .config import RunConfig, SuiteConfig
 from .console import ProgressPlugin
+from .costs import CostPlugin, flat_cost, machine_of, previous_session_costs
 from .errors import MachineError, RefusedError, RunFailed
 from .fingerprint import machine_facts, provenance, resolve_precision
 from .folders import RunFolder, quarantine, read_json
@@ -105,6 +106,7 @@ class RunSession:
         set_seed(self.seed)
         run = self.run
         self.device = resolve_device(run.train.device)
+        self.cost = CostPlugin(self.device)  # before the model: the CPU peak is taken above this level
         self.model, pre_train, pre_eval = build_clip(run.model, self.device)
         self._configure_model()
         self.benchmark = build_benchmark(run, pre_train, pre_eval, image_size(self.model))
@@ -143,6 +145,7 @@ class RunSession:
         if self.precision == "fp16" and spec.trains:
             # last: it scales the complete loss, after the method plugin the constructor appended
             self.strategy.plugins.append(GradScalerPlugin(self.device))
+        self.strategy.plugins.append(self.cost)  # last: it sees the others' hooks done; their checkpoint keys stay
         checkpoint.check_checkpointable(self.strategy.plugins)
         self.ctx = checkpoint.Context(self.strategy, self.benchmark.scenario.train_stream)
         self.trains = spec.trains
@@ -227,7 +230,7 @@ class RunSession:
         """
         self.prepare()
         self.provenance = provenance(resolve_device(self.run.train.device)) | {"start": _now()}
-        started = time.time()
+        started = self._started = time.time()
         self._record_session(start=self.provenance["start"])
         handler = self._attach_log()
         try:
@@ -255,7 +258,12 @@ class RunSession:
         stream = getattr(self, "_log_stream", None)
         if stream is not None and not stream.closed:
             stream.close()
-        self._record_session(end=_now(), status=status)
+        fields: dict[str, Any] = {"end": _now(), "status": status}
+        cost = getattr(self, "cost", None)
+        if cost is not None:  # this session's cost (docs/metrics.md#cost), kept per session
+            cost.close()
+            fields["cost"] = cost.session_cost(time.time() - self._started)
+        self._record_session(**fields)
 
     def _mark_failed(self, reason: str, error: BaseException) -> None:
         text = "".join(traceback.format_exception(error))
@@ -305,6 +313,7 @@ class RunSession:
             rows.append(self.evaluate())
             self._log_step(step, rows, time.time() - tic)
             self._save_checkpoint(ckpt_path, zero_shot, rows, step + 1)
+            self._record_session(cost=self.cost.session_cost(time.time() - started))
         record = self._finish(zero_shot, rows, time.time() - started)
         ckpt_path.unlink(missing_ok=True)
         return record
@@ -340,6 +349,9 @@ class RunSession:
         buffer = io.StringIO()
         _write_matrix(buffer, rows, zero_shot, bench.experience_names)
         atomic_write_text(self.out / "matrix.csv", buffer.getvalue())
+        cost = self.cost.finish(self.strategy, self.model, self.cost.session_cost(wall, final=True),
+                                previous_session_costs(self.out / "provenance.json"),
+                                machine_of(self.device, self.precision))
         record = {
             "status": "finished", "run_id": self.run_id, "name": self.run.name, "method": self.run.method.name,
             "stream": self.run.stream.name, "seed": self.seed, "protocol": bench.protocol,
@@ -348,7 +360,7 @@ class RunSession:
             # per step: accuracy on the experiences trained so far (sample-weighted for class-incremental)
             "accuracy_per_step": seen_accuracy_per_step(rows, sizes if bench.protocol == "seen" else None),
             "experience_names": bench.experience_names, "test_sizes": sizes,
-            "matrix": rows, "zero_shot_row": zero_shot, "wall_time_s": wall,
+            "matrix": rows, "zero_shot_row": zero_shot, "wall_time_s": cost["wall_time_s"], "cost": cost,
             "fingerprint": self.fingerprint, "wandb_id": self.wandb.run_id, "reference": self.run.reference,
             "provenance": self.provenance | {"end": _now()},
         }
@@ -357,6 +369,7 @@ class RunSession:
         self.wandb.log_accuracy_matrix(full, (["zero-shot"] if zero_shot is not None else []) + labels,
                                        bench.experience_names)
         self.wandb.log_summary({f"final/{k}": v for k, v in record["metrics"].items() if v is not None})
+        self.wandb.log_summary({f"cost/{k}": v for k, v in flat_cost(cost).items() if v is not None})
         atomic_write_text(self.out / "metrics.json", json.dumps(record, indent=2))
         return record
 

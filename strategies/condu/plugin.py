@@ -165,6 +165,10 @@ class ConDUPlugin(SupervisedPlugin):
         """Bytes kept: shared (θ⁰, U) and per task (mask bits, rescaler, prototypes)."""
         return self.store.storage()
 
+    def extra_state(self) -> dict[str, int]:
+        """Bytes beyond the backbone per kind (:mod:`strategies.cost`): θ⁰, U, triggers, prototypes."""
+        return self.store.extra_state()
+
     # ---- evaluation hooks --------------------------------------------------------------------
     def before_eval(self, strategy: Any, **kwargs: Any) -> None:
         self.store.follow_device()

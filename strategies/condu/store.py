@@ -156,6 +156,16 @@ class TaskModelStore:
         proto = [p.numel() * p.element_size() for p in self.prototypes]
         return storage_report(self.theta0, self.unified or {}, self.triggers, proto)
 
+    def extra_state(self) -> dict[str, int]:
+        """Bytes per kind of state beyond the backbone (:mod:`strategies.cost`; the same figures as
+        :meth:`storage`): θ⁰ (kept beside the live tensors), U, the triggers (mask bits and rescalers)
+        and the prototypes."""
+        report = self.storage()
+        tasks = report["per_task"]
+        return {"condu_theta0": report["theta0"], "condu_unified": report["unified"],
+                "condu_triggers": sum(t["mask"] + t["rescaler"] for t in tasks),
+                "condu_prototypes": sum(t["prototypes"] for t in tasks)}
+
     def state_dict(self) -> dict[str, Any]:
         return {"unified": self.unified, "triggers": [t.state_dict() for t in self.triggers],
                 "prototypes": self.prototypes}
