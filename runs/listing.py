@@ -17,7 +17,14 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from benchmarks import STREAMS
+from strategies.clip import ModelConfig, UnitsConfig
+from strategies.clip.units import UNIT_KINDS
 from strategies.options import help_of, range_of
+from strategies.registry import METHODS
+from strategies.training import TrainConfig
+
+from .config import EvalConfig, LauncherConfig, WandbConfig
 
 MARKDOWN_PAGE = "docs/reference/options.md"  # the committed output of format_markdown()
 
@@ -70,11 +77,21 @@ def _range(field: dataclasses.Field, tp: Any) -> str:
     return "[0, inf]" if _holds_int(tp) else ""
 
 
-def option_table(cls: type) -> list[OptionRow]:
-    """Every init field of the option dataclass ``cls`` with its type, default, range and help."""
+def option_table(cls: type, *, expand: bool = False, prefix: str = "") -> list[OptionRow]:
+    """Every init field of the option dataclass ``cls`` with its type, default, range and help; with
+    ``expand``, a nested option group (a dataclass-typed field, e.g. MoE-Adapters' ``ddas``) is listed
+    key by key as ``group.key`` instead of one ``Group()`` row."""
     hints = typing.get_type_hints(cls)
-    return [OptionRow(f.name, _type_text(hints[f.name]), _default(f), _range(f, hints[f.name]), help_of(f))
-            for f in dataclasses.fields(cls) if f.init]
+    rows: list[OptionRow] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if expand and isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            rows += option_table(tp, expand=True, prefix=f"{prefix}{f.name}.")
+            continue
+        rows.append(OptionRow(prefix + f.name, _type_text(tp), _default(f), _range(f, tp), help_of(f)))
+    return rows
 
 
 def option_rows(cls: type) -> list[tuple[str, str, str]]:
@@ -82,8 +99,8 @@ def option_rows(cls: type) -> list[tuple[str, str, str]]:
     return [(row.key, row.default, row.help) for row in option_table(cls)]
 
 
-def _options(cls: type, indent: str = "    ") -> list[str]:
-    rows = option_table(cls)
+def _options(cls: type, indent: str = "    ", *, expand: bool = False) -> list[str]:
+    rows = option_table(cls, expand=expand)
     if not rows:
         return [f"{indent}(no options)"]
     key_w = max(len(r.key) for r in rows)
@@ -98,7 +115,7 @@ def _section(title: str, registry: Mapping[str, Any], extra: Any = None) -> list
     for name in sorted(registry):
         spec = registry[name]
         lines.append(f"  {name}")
-        lines += _options(spec.config)
+        lines += _options(spec.config, expand=True)
         if extra is not None:
             lines += extra(spec)
     return lines
@@ -110,28 +127,17 @@ def _recipe(spec: Any) -> list[str]:
 
 
 def _registries(methods: Mapping[str, Any] | None, streams: Mapping[str, Any] | None) -> tuple[Mapping, Mapping]:
-    from benchmarks import STREAMS
-    from strategies.registry import METHODS
-
     return (METHODS if methods is None else methods), (STREAMS if streams is None else streams)
 
 
 def _run_sections() -> list[tuple[str, type]]:
     """``(YAML prefix, dataclass)`` of the run-level and suite-level option groups."""
-    from strategies.clip import ModelConfig
-    from strategies.training import TrainConfig
-
-    from .config import EvalConfig, LauncherConfig, WandbConfig
-
     return [("model", ModelConfig), ("train", TrainConfig), ("eval", EvalConfig), ("wandb", WandbConfig),
             ("launcher", LauncherConfig)]
 
 
 def format_listing(methods: Mapping[str, Any] | None = None, streams: Mapping[str, Any] | None = None) -> str:
     """The text ``python -m runs list`` prints (registries default to the project's)."""
-    from strategies.clip import UnitsConfig
-    from strategies.clip.units import UNIT_KINDS
-
     methods, streams = _registries(methods, streams)
     lines = ["Options: KEY  DEFAULT  RANGE  MEANING (RANGE: allowed values of numbers, [ ] inclusive)", ""]
     lines += _section("Methods (YAML: method: NAME or method: {name: NAME, KEY: VALUE})", methods, _recipe)
@@ -148,8 +154,8 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(cls: type, prefix: str) -> list[str]:
-    rows = option_table(cls)
+def _md_table(cls: type, prefix: str, *, expand: bool = False) -> list[str]:
+    rows = option_table(cls, expand=expand)
     if not rows:
         return ["No options.", ""]
     lines = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
@@ -169,16 +175,13 @@ def _md_components(title: str, yaml_key: str, registry: Mapping[str, Any]) -> li
         if recipe:
             lines += ["Training recipe (`train.*` defaults for this method, under the suite's own values): "
                       + ", ".join(f"`{k}: {v!r}`" for k, v in recipe.items()) + ".", ""]
-        lines += _md_table(spec.config, f"{yaml_key}.")
+        lines += _md_table(spec.config, f"{yaml_key}.", expand=True)
     return lines
 
 
 def format_markdown(methods: Mapping[str, Any] | None = None, streams: Mapping[str, Any] | None = None) -> str:
     """The option reference page: every method, stream, unit and run option with type, default, range
     and meaning, generated from the option dataclasses (``python -m runs list --markdown``)."""
-    from strategies.clip import UnitsConfig
-    from strategies.clip.units import UNIT_KINDS
-
     methods, streams = _registries(methods, streams)
     lines = [
         "# Option reference", "",

@@ -42,3 +42,11 @@ def test_listing_reads_the_project_dataclasses(capsys) -> None:
     assert ("lora_rank", "64", "lora: rank r") in option_rows(UnitsConfig)
     assert "eps_vision" in text and "0.0005" in text.split("eps_vision")[1].splitlines()[0]
     assert "Run options: train.KEY" in text and "label_smoothing" in text
+
+
+def test_nested_option_groups_are_listed_key_by_key():
+    from runs.listing import format_listing, format_markdown
+
+    text = format_listing()
+    assert "ddas.routing" in text and "ddas.threshold" in text and "DDASConfig()" not in text
+    assert "`method.ddas.routing`" in format_markdown()
