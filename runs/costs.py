@@ -34,6 +34,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -470,5 +471,191 @@ def previous_session_costs(path: Path) -> list[dict[str, Any]]:
             if isinstance(s, Mapping) and isinstance(s.get("cost"), Mapping)]
 
 
-__all__ = ["FLAT_KEYS", "CostPlugin", "count_trainable", "dataset_bytes", "extra_state_of_strategy", "flat_cost",
+# ---------------------------------------------------------------------- tables (runs.report, runs.share)
+# (flat key, column title, cell format) of the cost table, in order
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("trainable_params", "Trainable params", "count"), ("trainable_params_zo", "of which ZO", "count"),
+    ("extra_state_bytes", "Extra state", "bytes"), ("peak_memory_bytes", "Peak memory", "bytes"),
+    ("train_time_s", "Train time", "time"), ("eval_time_s", "Eval time", "time"),
+    ("train_images_per_s", "Train images/s", "rate"), ("device_hours", "Device-hours", "hours"),
+)
+COST_NOTE = ("Cost (docs/metrics.md#cost): **Trainable params** = distinct parameters updated by the optimizer "
+             "or a zeroth-order step (of which ZO: by the ZO step); **Extra state** = bytes the method stores "
+             "beyond the backbone (largest over the experiences); **Peak memory** = CUDA max_memory_allocated, or "
+             "on the CPU the sampled resident memory above the run's start; **Train / Eval time** = wall time "
+             "in training / evaluation, summed over a resumed run's sessions; **Device-hours** = the run's wall "
+             "time (every session) on its one device, in hours. Sizes in 10⁹ / 10⁶ / 10³ bytes.")
+
+
+def machine_label(machine: Mapping[str, Any]) -> str:
+    """``"NVIDIA H200 (cuda), bf16"``."""
+    model, kind, precision = (machine.get(k) or "?" for k in ("device_model", "device_type", "precision"))
+    return f"{model} ({kind}), {precision}"
+
+
+def summarize_cost(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``<key>_mean`` over the finished seeds that recorded a cost (None when none did), for every
+    :data:`FLAT_KEYS` and ``wall_time_s``; ``cost_seeds`` (how many recorded one) and ``cost_machines``."""
+    costs = [r["cost"] for r in records if isinstance(r.get("cost"), Mapping)]
+    flats = [flat_cost(c) for c in costs]
+    out: dict[str, Any] = {"cost_seeds": len(costs)}
+    for key in FLAT_KEYS:
+        present = [float(f[key]) for f in flats if f.get(key) is not None]
+        out[f"{key}_mean"] = sum(present) / len(present) if present else None
+    out["cost_machines"] = list(dict.fromkeys(machine_label(c["machine"]) for c in costs
+                                              if isinstance(c.get("machine"), Mapping)))
+    return out
+
+
+def run_columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """runs.csv cost columns: :data:`FLAT_KEYS` when any run recorded a cost, else none (absent, not 0)."""
+    return list(FLAT_KEYS) if any(isinstance(r.get("cost"), Mapping) for r in records) else []
+
+
+def group_columns(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """results.csv cost columns (means over seeds), when any group recorded a cost."""
+    return [f"{key}_mean" for key in FLAT_KEYS] if any(s.get("cost_seeds") for s in summaries) else []
+
+
+def _count(n: float) -> str:
+    for scale, unit in ((1e9, " B"), (1e6, " M"), (1e3, " K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _size(n: float) -> str:
+    for scale, unit in ((1e9, " GB"), (1e6, " MB"), (1e3, " KB")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f} B"
+
+
+def _time(s: float) -> str:
+    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s"
+
+
+def _cell(value: float | None, kind: str) -> str:
+    if value is None:
+        return "–"
+    formats = {"count": _count, "bytes": _size, "time": _time, "rate": lambda v: f"{v:.1f}",
+               "hours": lambda v: f"{v:.3g}"}
+    return formats[kind](value)
+
+
+@dataclass(frozen=True)
+class CostComparison:
+    """A run group's measured cost against its reference row's published ``cost`` block."""
+
+    run: str
+    key: str
+    published: dict[str, Any]  # the reference row's cost block
+    reason: str = ""  # why not compared ("" when compared)
+    rows: tuple[tuple[str, float, float, float], ...] = ()  # (figure, measured, published, measured − published)
+
+
+def machine_mismatches(published: Mapping[str, Any] | None, machines: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Why runs on ``machines`` are not on the machine class of a published cost (empty: the same class:
+    device type, device model and precision all stated by the source and equal)."""
+    if not machines:
+        return ["the run recorded no machine"]
+    if not published:
+        return ["the source states no machine (device, model, precision)"]
+    reasons = []
+    for key in ("device_type", "device_model", "precision"):
+        wanted = published.get(key)
+        if wanted is None:
+            reasons.append(f"the source does not state its {key}")
+            continue
+        seen = sorted({str(m.get(key)) for m in machines})
+        if any(str(m.get(key, "")).strip().lower() != str(wanted).strip().lower() for m in machines):
+            reasons.append(f"{key} is {', '.join(seen)}, the source used {wanted}")
+    return reasons
+
+
+def compare_cost(summary: Mapping[str, Any], references: Mapping[str, Any]) -> CostComparison | None:
+    """The comparison of a run group with the ``cost`` of the reference it names; None without one."""
+    key = summary.get("reference")
+    ref = references.get(key) if key else None
+    published = getattr(ref, "cost", None)
+    if not published:
+        return None
+    machines = [r["cost"]["machine"] for r in summary.get("records", [])
+                if isinstance(r.get("cost"), Mapping) and isinstance(r["cost"].get("machine"), Mapping)]
+    reasons = machine_mismatches(published.get("machine"), machines)
+    if reasons:
+        return CostComparison(summary["name"], key, dict(published), "; ".join(reasons))
+    rows = []
+    for figure, measured_key, scale in (("peak_memory_gb", "peak_memory_bytes_mean", BYTES_PER_GB),
+                                        ("device_hours", "device_hours_mean", 1.0)):
+        measured = summary.get(measured_key)
+        if figure in published and measured is not None:
+            rows.append((figure, measured / scale, float(published[figure]), measured / scale - published[figure]))
+    if not rows:
+        return CostComparison(summary["name"], key, dict(published), "the run recorded none of the published figures")
+    return CostComparison(summary["name"], key, dict(published), "", tuple(rows))
+
+
+def _published_cell(c: CostComparison | None) -> str:
+    if c is None:
+        return "–"
+    parts = [f"{c.published['peak_memory_gb']:g} GB" if "peak_memory_gb" in c.published else "",
+             f"{c.published['device_hours']:g} h" if "device_hours" in c.published else ""]
+    text = ", ".join(p for p in parts if p)
+    if not c.rows:
+        return f"{text} (not compared)"
+    diffs = ", ".join(f"{d:+.2f} {'GB' if f == 'peak_memory_gb' else 'h'}" for f, _, _, d in c.rows)
+    return f"{text} (measured − published: {diffs})"
+
+
+def cost_table_rows(summaries: Sequence[Mapping[str, Any]], references: Mapping[str, Any] | None = None
+                    ) -> tuple[list[str], list[list[str]], list[CostComparison]]:
+    """Header, cells and comparisons of the cost table (groups with a recorded cost; empty: no table)."""
+    if references is None:
+        from . import references as refs
+
+        references = refs.load_references()
+    shown = [s for s in summaries if s.get("cost_seeds")]
+    if not shown:
+        return [], [], []
+    columns = [(k, t, f) for k, t, f in COLUMNS if k != "trainable_params_zo"
+               or any(s.get("trainable_params_zo_mean") for s in shown)]
+    comparisons = {s["name"]: compare_cost(s, references) for s in shown}
+    header = ["Run", "Method", "Stream", "Seeds", *[t for _, t, _ in columns]]
+    several = len({m for s in shown for m in s.get("cost_machines", [])}) > 1
+    header += ["Machine"] if several else []
+    published = any(c is not None for c in comparisons.values())
+    header += ["Published (GB, h)"] if published else []
+    rows = []
+    for s in shown:
+        cells = [str(s["name"]), str(s["method"]), str(s["stream"]), str(s["cost_seeds"])]
+        cells += [_cell(s.get(f"{k}_mean"), f) for k, _, f in columns]
+        cells += ["; ".join(s.get("cost_machines", [])) or "?"] if several else []
+        cells += [_published_cell(comparisons[s["name"]])] if published else []
+        rows.append(cells)
+    return header, rows, [c for c in comparisons.values() if c is not None]
+
+
+def format_cost_table(summaries: Sequence[Mapping[str, Any]], references: Mapping[str, Any] | None = None) -> str:
+    """Markdown: the cost table (mean over seeds) with the machine in its caption, its definitions and
+    the published costs not compared, with why; "" when no run recorded a cost (runs from before)."""
+    header, rows, comparisons = cost_table_rows(summaries, references)
+    if not rows:
+        return ""
+    machines = list(dict.fromkeys(m for s in summaries for m in s.get("cost_machines", [])))
+    caption = f"**Cost** (mean over seeds; machine: {'; '.join(machines) or 'not recorded'})"
+    align = ["---"] * 4 + ["---:"] * (len(header) - 4)
+    lines = ["", caption, "", "| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    lines += ["", COST_NOTE]
+    for c in comparisons:
+        source = f"{c.published.get('table', '')} [{c.published.get('mark', '')}]"
+        status = f"not compared: {c.reason}" if c.reason else "compared on the same machine class"
+        lines.append(f"- {c.run} → `{c.key}` cost ({source}): {status}.")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["COLUMNS", "FLAT_KEYS", "CostComparison", "CostPlugin", "compare_cost", "cost_table_rows",
+           "format_cost_table", "group_columns", "machine_label", "machine_mismatches", "run_columns",
+           "summarize_cost", "count_trainable", "dataset_bytes", "extra_state_of_strategy", "flat_cost",
            "machine_of", "merge_sessions", "previous_session_costs", "reporting_parts", "resident_bytes", "tower_of"]

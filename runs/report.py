@@ -38,6 +38,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
+from . import costs
 from . import references as refs
 from .config import load_suite
 from .io import atomic_write_bytes, atomic_write_text
@@ -288,6 +289,7 @@ def _summary(name: str, stream: str, runs: list[dict[str, Any]]) -> dict[str, An
     curve, curve_std = _mean_curve([list(run.get("accuracy_per_step") or []) for run in done])
     summary["accuracy_per_step_mean"], summary["accuracy_per_step_std"] = curve, curve_std
     summary["zero_shot_point"] = _mean_std([_zero_shot_point(run) for run in done])[0]
+    summary.update(costs.summarize_cost(done))  # <key>_mean of the cost figures, cost_seeds, cost_machines
     return summary
 
 
@@ -420,15 +422,17 @@ def _group_csv(summaries: list[dict[str, Any]]) -> str:
     columns = ["name", "method", "stream", "protocol", "arch", "pretrained", "n_seeds", "seeds", "n_failed",
                "reference"]
     columns += [f"{key}_{stat}" for key, _ in METRICS for stat in ("mean", "std")] + ["wall_time_s", "subset_data"]
+    columns += costs.group_columns(summaries)  # none for runs written before costs were recorded
     rows = [{**s, "seeds": " ".join(str(seed) for seed in s["seeds"])} for s in summaries]
     return _csv_text(columns, rows)
 
 
 def _runs_csv(records: Sequence[dict[str, Any]]) -> str:
     columns = ["run_id", "name", "method", "stream", "protocol", "arch", "pretrained", "seed", "status"]
-    columns += [key for key, _ in METRICS] + ["wall_time_s", "wandb_id", "reason"]
+    columns += [key for key, _ in METRICS] + ["wall_time_s", "wandb_id", "reason"] + costs.run_columns(records)
     rows = [{**{k: r.get(k) for k in columns}, "status": r.get("status", "finished"),
-             **{key: (r.get("metrics") or {}).get(key) for key, _ in METRICS}} for r in records]
+             **{key: (r.get("metrics") or {}).get(key) for key, _ in METRICS}, **costs.flat_cost(r.get("cost"))}
+            for r in records]
     return _csv_text(columns, rows)
 
 
@@ -558,6 +562,7 @@ def write_results(records: Sequence[dict[str, Any]], out_dir: Path, *, suite: st
     summaries = summarize_runs(records, run_order=run_order)
     comparisons = compare_with_references(summaries, references)
     table = format_table(records, run_order=run_order, references=references)
+    table += costs.format_cost_table(summaries, references)  # "" when no run recorded a cost
     paths = {
         "results.md": atomic_write_text(out_dir / "results.md", f"# Results: {suite}\n\n{table}"),
         "results.csv": atomic_write_text(out_dir / "results.csv", _group_csv(summaries)),

@@ -20,7 +20,10 @@ A run is compared only when every key matches (:func:`compare`); otherwise the r
 ("stream.steps is 5, the reference needs 10"). Runs with random weights (``pretrained: none``)
 are never compared. Published values are percentages; measured fractions are scaled by 100 and the
 difference is measured − published in percentage points. Memory rows (``kind: memory``, GB) are
-data for ``runs bench`` readers; they are never compared with a run's accuracy.
+data for ``runs bench`` readers; they are never compared with a run's accuracy. A row's ``cost`` block
+(``peak_memory_gb``, ``device_hours``, the ``machine`` — device_type, device_model, precision — and its
+own ``table`` / ``mark``) is compared with the run's measured cost only on the same machine class
+(``runs.costs.compare_cost``, docs/metrics.md#cost).
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ KINDS = ("accuracy", "memory")
 VALUE_KEYS = {"accuracy": ("avg", "last", "transfer"), "memory": ("peak_memory_gb",)}
 _CONFIG_ROOTS = ("model", "stream", "method", "train", "eval")
 _SETTING_KEYS = {"table", "protocol", "kind", "requires", "unverified", "note", "conflicts_with", "rows", "mark"}
-_ROW_KEYS = {"method", "requires", "unverified", "note", "conflicts_with", "mark", *VALUE_KEYS["accuracy"],
+_COST_KEYS = {"peak_memory_gb", "device_hours", "machine", "table", "mark", "note"}
+_MACHINE_KEYS = {"device_type", "device_model", "precision"}
+_ROW_KEYS = {"method", "requires", "unverified", "note", "conflicts_with", "mark", "cost", *VALUE_KEYS["accuracy"],
              *VALUE_KEYS["memory"]}
 
 
@@ -65,6 +70,7 @@ class Reference:
     protocol: str | None = None  # seen | task (accuracy rows): the metric definition
     requires: dict[str, Any] = field(default_factory=dict)  # dotted config path -> value
     unverified: bool = False  # another source disagrees, or the row's reading is uncertain
+    cost: dict[str, Any] | None = None  # published cost: peak_memory_gb, device_hours, machine, table, mark, note
     conflicts_with: tuple[str, ...] = ()  # keys of rows that contradict this one
     note: str = ""
 
@@ -108,6 +114,36 @@ def _check_requires(requires: Any, where: str) -> dict[str, Any]:
     return dict(requires)
 
 
+def _check_cost(cost: Any, where: str, table: str, mark: str) -> dict[str, Any] | None:
+    """A row's ``cost`` block (docs/metrics.md#cost): figures, the machine they were measured on, source."""
+    if cost is None:
+        return None
+    if not isinstance(cost, dict):
+        raise ReferenceTableError(f"{where}.cost must be a mapping with peak_memory_gb and/or device_hours")
+    _check_keys(cost, _COST_KEYS, f"{where}.cost")
+    figures = [k for k in ("peak_memory_gb", "device_hours") if k in cost]
+    if not figures:
+        raise ReferenceTableError(f"{where}.cost: give peak_memory_gb and/or device_hours")
+    for name in figures:
+        value = cost[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ReferenceTableError(f"{where}.cost.{name} = {value!r}: expected a number >= 0")
+    machine = cost.get("machine")
+    if machine is not None:
+        if not isinstance(machine, dict):
+            raise ReferenceTableError(f"{where}.cost.machine must be a mapping of {', '.join(sorted(_MACHINE_KEYS))}")
+        _check_keys(machine, _MACHINE_KEYS, f"{where}.cost.machine")
+    out = {"table": str(cost.get("table", table)), "mark": cost.get("mark", mark),
+           **{k: float(cost[k]) for k in figures}}
+    if out["mark"] not in MARKS:
+        raise ReferenceTableError(f"{where}.cost: mark {out['mark']!r}; allowed: {', '.join(MARKS)}")
+    if machine:
+        out["machine"] = dict(machine)
+    if "note" in cost:
+        out["note"] = str(cost["note"])
+    return out
+
+
 def _row(prefix: str, setting_name: str, setting: dict, row_name: str, row: Any, file_info: dict,
          where: str) -> Reference:
     if not isinstance(row, dict):
@@ -149,6 +185,7 @@ def _row(prefix: str, setting_name: str, setting: dict, row_name: str, row: Any,
         mark=mark, kind=kind, protocol=protocol, requires=requires,
         unverified=bool(row.get("unverified", setting.get("unverified", False))),
         conflicts_with=tuple(conflicts), note=" ".join(filter(None, [setting.get("note"), row.get("note")])),
+        cost=_check_cost(row.get("cost"), where, setting["table"], mark),
     )
 
 
