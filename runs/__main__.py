@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     _suite_options(validate)
     report = sub.add_parser("report", help="rebuild the suite table and plots from its run folders")
     report.add_argument("suite_dir", help="a suite's output folder (e.g. outputs/smoke) or its YAML file")
+    report.add_argument("--cost", action="store_true",
+                        help="print only the cost table (trainable parameters, storage, memory, time; docs/metrics.md)")
     share = sub.add_parser("share", help="publish the suite as a W&B Report (writes report.json; --dry-run: offline)")
     share.add_argument("suite", help="a suite's output folder (e.g. outputs/smoke) or its YAML file")
     share.add_argument("--entity", default=None, help="W&B entity (default: the suite's, else the login's)")
@@ -192,15 +194,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .costs import format_cost_table
     from .driver import report_suite
-    from .report import format_table, resolve_suite_dir
+    from .report import format_table, resolve_suite_dir, summarize_runs
 
     suite_dir = resolve_suite_dir(args.suite_dir)
     records, paths, order = report_suite(suite_dir)  # also the suite W&B run a --no-wait run left pending
     if not records:
         print(f"error: {suite_dir}: no finished or failed run folders", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(format_table(records, run_order=order))
+    cost = format_cost_table(summarize_runs(records, run_order=order))
+    if args.cost:
+        print(cost.strip() or "no run of this suite recorded its cost (runs written before costs were measured)")
+        return EXIT_OK
+    print(format_table(records, run_order=order) + cost)
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return EXIT_OK
 

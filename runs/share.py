@@ -4,7 +4,8 @@
 output folder) builds a Report with ``wandb_workspaces.reports.v2``:
 
 - title and description from the suite; the results table (mean ± std over seeds, the zero-shot
-  column, notes and metric definitions) and the published numbers, as Markdown;
+  column, notes and metric definitions), the published numbers and the cost table (when the runs
+  recorded their cost, docs/metrics.md#cost), as Markdown;
 - a run set listing the W&B ids (``metrics.json``'s ``wandb_id``) of the folder's **live** runs —
   an id filter, not a group filter, since two output folders of one suite share a group;
 - line plots of the per-step accuracy on the experiences seen so far (and MTIL Transfer) across runs,
@@ -44,6 +45,7 @@ import wandb
 
 from . import report as rep
 from .config import load_suite
+from .costs import cost_table_rows, format_cost_table
 from .io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -156,6 +158,9 @@ def build_report(info: SuiteInfo, entity: str) -> Any:
     blocks: list[Any] = [wr.H2("Results"), wr.MarkdownBlock(text=table)]
     if comparisons:
         blocks += [wr.H2("Published numbers"), wr.MarkdownBlock(text=rep.format_comparisons(comparisons))]
+    cost = format_cost_table(summaries)  # "" when no run recorded a cost
+    if cost:
+        blocks += [wr.H2("Cost"), wr.MarkdownBlock(text=cost.strip())]
     panels = [_line(wr, "Accuracy on the experiences seen so far", EXPERIENCE_KEY, [SEEN_ACCURACY_KEY])]
     if any(s["protocol"] == "task" for s in summaries):
         panels.append(_line(wr, "Transfer (MTIL)", EXPERIENCE_KEY, [TRANSFER_KEY]))
@@ -219,6 +224,7 @@ def outline(report: Any, info: SuiteInfo, *, state: Mapping[str, Any] | None = N
         "run_ids": live_wandb_ids(info.records),
         "runs_without_wandb_id": [r["run_id"] for r in info.records if not r.get("wandb_id")],
         "table": {"header": header, "rows": rows},
+        "cost_table": dict(zip(("header", "rows"), cost_table_rows(summaries)[:2], strict=True)),
         "published": [{"run": c.run, "reference": c.key, "compared": c.compared, "reason": c.reason,
                        "rows": [dict(zip(("metric", "measured", "published", "difference"), row, strict=True))
                                 for row in c.rows]}
