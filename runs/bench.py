@@ -84,12 +84,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from avalanche.benchmarks import nc_benchmark
 from avalanche.core import SupervisedPlugin
 from torch.utils.data import Dataset
 
 import strategies  # noqa: F401  (torchvision shim before open_clip / avalanche)
 from benchmarks.synthetic import class_names
 from strategies.clip import CLIPClassifier, ModelConfig, UnitsConfig, build_clip, image_size, unit_parameters
+from strategies.condu import ConDU, ConDUPlugin
 from strategies.condu.fusion import Trigger, storage_report
 from strategies.mozo import MoZOConfig, MoZOPlugin
 from strategies.training import resolve_device
@@ -430,7 +432,6 @@ def _condu_streams(tasks: int, size: int, eval_images: int) -> tuple[Any, Any]:
     """The same ``tasks`` experiences of :data:`CONDU_CLASSES_PER_TASK` classes twice: without task labels
     (ConDU's ``inference: auto`` aggregates) and with them (task-aware); ``eval_images`` test images per
     experience."""
-    from avalanche.benchmarks import nc_benchmark
 
     n = tasks * CONDU_CLASSES_PER_TASK
     per_class = -(-eval_images // CONDU_CLASSES_PER_TASK)
@@ -445,7 +446,6 @@ def _condu_run(*, arch: str, units: str, tasks: int, device: str, top_k: int = 4
     """Train :class:`~strategies.condu.ConDU` (public constructor, Avalanche's ``train``) on ``tasks``
     experiences, one training iteration each, with a :class:`~runs.harness.HookBracket` around its
     plugin: the strategy, each session's figures, and the (aggregated, task-aware) streams."""
-    from strategies.condu import ConDU, ConDUPlugin
 
     if tasks < 1:
         raise ValueError(f"bench condu: tasks must be >= 1, got {tasks}")

@@ -14,6 +14,11 @@ import argparse
 import sys
 from typing import Any
 
+from benchmarks.data_check import check_stream, format_report, stream_datasets
+from benchmarks.download import download_stream, format_downloads, usable
+
+from .config import load_suite
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_ROOT = "data"
 
@@ -44,8 +49,6 @@ def _stream_target(args: argparse.Namespace) -> tuple[str, Any, str]:
         order = _names(args.order) or ["I"]
         cfg = MTILConfig(order=order[0] if order in (["I"], ["II"]) else order, datasets=_names(args.datasets))
         check_mtil(cfg)
-    from benchmarks.data_check import stream_datasets
-
     stream_datasets(args.stream, cfg)  # an unknown stream name: ValueError
     return args.stream, cfg, args.data_root or DEFAULT_ROOT
 
@@ -56,10 +59,6 @@ def targets(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
         return [_stream_target(args)]
     if args.order is not None or args.datasets is not None:
         raise ValueError("--order / --datasets apply to a stream name; a suite's runs give their own")
-    from benchmarks.data_check import stream_datasets
-
-    from .config import load_suite
-
     suite = load_suite(args.stream)
     found: dict[tuple[tuple[str, ...], str], tuple[str, Any, str]] = {}
     for run in suite.runs:
@@ -71,15 +70,11 @@ def targets(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
 
 
 def _title(stream: str, cfg: Any) -> str:
-    from benchmarks.data_check import stream_datasets
-
     names = [n.removeprefix("mtil/") for n in stream_datasets(stream, cfg)]
     return f"== stream {stream}: {', '.join(names)}"
 
 
 def check(args: argparse.Namespace) -> int:
-    from benchmarks.data_check import check_stream, format_report
-
     try:
         found = targets(args)
     except ValueError as error:
@@ -96,8 +91,6 @@ def check(args: argparse.Namespace) -> int:
 
 
 def download(args: argparse.Namespace) -> int:
-    from benchmarks.download import download_stream, format_downloads, usable
-
     try:
         found = targets(args)
     except ValueError as error:
