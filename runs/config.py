@@ -53,12 +53,18 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+import open_clip
+
 from benchmarks import STREAMS
 from strategies.clip import ModelConfig
+from strategies.clip.model import register_model_configs
+from strategies.clip.precision import PRECISIONS, STORAGE_PRECISIONS, check_compatible
+from strategies.clip.units import check_units_config
 from strategies.options import Range, option, range_of
 from strategies.registry import METHODS  # filled: importing it runs strategies/__init__ first
 from strategies.training import TrainConfig
 
+from .references import ReferenceTableError, check_key
 from .yamlio import YAMLBudgetError, load_bytes, loads, short
 
 
@@ -313,9 +319,6 @@ def check_name(name: Any, where: str, file: str) -> str:
 
 @cache
 def _known_archs() -> tuple[str, ...]:
-    import open_clip
-
-    from strategies.clip.model import register_model_configs
 
     register_model_configs()
     return tuple(open_clip.list_models())
@@ -329,7 +332,6 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
         close = difflib.get_close_matches(run.model.arch, archs, n=4)
         hint = f"; close matches: {', '.join(close)}" if close else "; see open_clip.list_models()"
         raise ConfigError(f"{file}: {where}.model.arch = {short(run.model.arch)}: not an open_clip model{hint}")
-    from strategies.clip.units import check_units_config
 
     try:
         check_units_config(run.model.units)
@@ -347,7 +349,6 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
         except ValueError as error:
             raise ConfigError(f"{file}: {where}.stream: {error}") from None
     if run.reference is not None:
-        from .references import ReferenceTableError, check_key
 
         try:
             check_key(run.reference)
@@ -363,7 +364,6 @@ def _check_precision(run: RunConfig, where: str, file: str) -> None:
     ``train.precision: auto`` depends on the device and is checked where the run starts
     (``runs.runner.check_machine``).
     """
-    from strategies.clip.precision import PRECISIONS, STORAGE_PRECISIONS, check_compatible
 
     storage = run.model.precision
     if storage not in STORAGE_PRECISIONS:
