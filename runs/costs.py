@@ -575,7 +575,7 @@ def machine_mismatches(published: Mapping[str, Any] | None, machines: Sequence[M
 
 def compare_cost(summary: Mapping[str, Any], references: Mapping[str, Any]) -> CostComparison | None:
     """The comparison of a run group with the ``cost`` of the reference it names; None without one."""
-    key = summary.get("reference")
+    key = str(summary.get("reference") or "")
     ref = references.get(key) if key else None
     published = getattr(ref, "cost", None)
     if not published:
