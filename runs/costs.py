@@ -33,6 +33,7 @@ import platform
 import random
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,16 @@ def resident_bytes() -> int | None:
     return int(psutil.Process().memory_info().rss)
 
 
+def _sample_loop(sampler: weakref.ref, stop: threading.Event, interval_s: float) -> None:
+    """The sampling thread: ends when stopped or when its sampler is gone (a session never closed)."""
+    while not stop.wait(interval_s):
+        current = sampler()
+        if current is None:
+            return
+        current.sample()
+        del current
+
+
 class _RSSSampler:
     """A daemon thread keeping the largest resident memory seen since the last :meth:`take`."""
 
@@ -90,12 +101,9 @@ class _RSSSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if self.baseline is not None:
-            self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="cost-rss", daemon=True)
+            self._thread = threading.Thread(target=_sample_loop, args=(weakref.ref(self), self._stop, interval_s),
+                                            name="cost-rss", daemon=True)
             self._thread.start()
-
-    def _loop(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            self.sample()
 
     def sample(self) -> None:
         rss = resident_bytes()
