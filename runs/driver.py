@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import SuiteConfig
 from .executors import ExecutorOptions, Job, JobResult, absolute, backend, remove_probe, write_probe
+from .folders import refuse_symlink
 from .machine import preflight
 from .planning import STARTABLE, Planned, plan, refuse_locked
 from .report import load_run_records, write_results
@@ -50,7 +51,12 @@ class SuiteOutcome:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        """0 only when every selected run is finished: a failed run or one skipped because a live
+        worker of another invocation holds its lock (``busy``) gives 1; ``--no-wait`` gives 0 once
+        submitted (docs/validation.md#exit-codes)."""
+        if self.submitted:
+            return 0
+        return 1 if self.failed or self.busy else 0
 
 
 def run_suite(suite: SuiteConfig, options: ExecutorOptions | None = None, *, online: bool = False,
@@ -67,6 +73,8 @@ def run_suite(suite: SuiteConfig, options: ExecutorOptions | None = None, *, onl
     runner = backend(options, fail_fast=fail_fast)
     if not runner.in_process:
         suite = absolute(suite)  # workers may start in another directory
+    for key in keys_of(suite, only):
+        refuse_symlink(key.folder)  # before anything reads or writes through it (exit 2)
     planned = plan(suite, only, rerun_changed=rerun_changed, rerun_failed=rerun_failed,
                    compare_machine=runner.on_this_machine)
     refuse_locked(suite, planned)
@@ -124,12 +132,15 @@ def collect(outcome: SuiteOutcome, results: list[JobResult]) -> None:
 
 
 def suite_records(suite: SuiteConfig, keys: list[RunKey] | None = None) -> list[dict[str, Any]]:
-    """The live records of the suite's (run, seed)s whose fingerprint matches the suite: each once, in
-    suite order."""
+    """The live records of the suite's (run, seed)s that hold the suite's runs (``RunKey.owns``): each
+    once, in suite order, each with the ``reference`` its run names in the suite now (not fingerprinted:
+    one added to a finished run is read from the suite, not from the old folder)."""
     keys = keys if keys is not None else keys_of(suite)
-    wanted = {(key.id, key.fingerprint) for key in keys}
+    by_id = {key.id: key for key in keys}
     order = {key.id: i for i, key in enumerate(keys)}
-    records = [r for r in load_run_records(suite.dir) if (r.get("run_id"), r.get("fingerprint")) in wanted]
+    records = [r for r in load_run_records(suite.dir) if r.get("run_id") in by_id and by_id[r["run_id"]].owns(r)]
+    for record in records:
+        record["reference"] = by_id[record["run_id"]].run.reference
     return sorted(records, key=lambda r: order[r["run_id"]])
 
 

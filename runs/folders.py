@@ -23,11 +23,15 @@ and the run resumes from its checkpoint (or restarts).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
+import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,12 +58,42 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: unreadable JSON ({type(error).__name__}: {str(error)[:80]})") from None
 
 
+_READ_ONLY = contextvars.ContextVar("runs_folders_read_only", default=False)
+
+
+@contextlib.contextmanager
+def read_only() -> Iterator[None]:
+    """Inside, :func:`quarantine` only warns: ``status`` never writes (a damaged file stays where it is)."""
+    token = _READ_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _READ_ONLY.reset(token)
+
+
 def quarantine(path: Path) -> Path:
-    """Move a damaged file aside to ``<name>.corrupt-<time>`` (kept for inspection) and warn."""
+    """Move a damaged file aside to ``<name>.corrupt-<time>`` (kept for inspection) and warn; under
+    :func:`read_only`, or when the folder cannot be written, only warn."""
     target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
-    path.rename(target)
+    if _READ_ONLY.get():
+        log.warning("%s is damaged (left in place; the next run moves it aside)", path)
+        return path
+    try:
+        path.rename(target)
+    except OSError as error:
+        raise output_error(path, error) from None
     log.warning("%s was damaged; moved it to %s", path, target.name)
     return target
+
+
+def refuse_symlink(path: Path) -> None:
+    """A run folder that is a symbolic link (a results folder copied from elsewhere) is refused: the
+    toolkit would write through it, out of the output folder (exit 2, nothing written)."""
+    from .errors import RefusedError
+
+    if Path(path).is_symlink():
+        raise RefusedError(f"{path}: the run folder is a symbolic link (to {os.readlink(path)}); the toolkit "
+                           f"never writes through one: replace it by a real folder or remove it")
 
 
 class RunFolder:
@@ -81,7 +115,7 @@ class RunFolder:
         except ValueError as error:
             log.warning("%s", error)
             return None
-        return meta if isinstance(meta, dict) and "fingerprint" in meta else None
+        return meta if _valid_meta(meta) else None
 
     def _result(self, name: str) -> dict[str, Any] | None:
         path = self.file(name)
@@ -96,8 +130,16 @@ class RunFolder:
             quarantine(path)
             return None
 
-    def state(self, fp: str, config: dict[str, Any], machine: dict[str, str] | None) -> FolderState:
-        """Compare the folder with the run about to start (``machine`` None: not compared here)."""
+    def state(self, fp: str, config: dict[str, Any], machine: dict[str, str] | None,
+              compare: Callable[[dict[str, Any]], list[str]] | None = None) -> FolderState:
+        """Compare the folder with the run about to start (``machine`` None: not compared here).
+
+        ``compare(stored config) -> changes`` (``RunKey.differences``) judges a folder whose
+        fingerprint differs: no change means it was written under an older fingerprint format and
+        holds this run (:func:`runs.fingerprint.differences`).
+        """
+        if self.path.exists() and not self.path.is_dir():
+            return FolderState("changed", [f"a file stands where the run folder belongs ({self.path})"])
         if not self.path.exists() or not any(self.path.iterdir()):
             return FolderState("new")
         meta = self.meta()
@@ -105,8 +147,10 @@ class RunFolder:
             return FolderState("changed", ["the folder has no readable fingerprint.json (written before "
                                            "fingerprints existed, or damaged)"])
         if meta["fingerprint"] != fp:
-            return FolderState("changed", changed_fields(meta.get("config", {}), config) or
-                               [f"fingerprint {meta['fingerprint']} -> {fp}"])
+            stored = meta.get("config", {})
+            changes = compare(stored) if compare is not None else changed_fields(stored, config)
+            if changes or compare is None:
+                return FolderState("changed", changes or [f"fingerprint {meta['fingerprint']} -> {fp}"])
         failed = self._result("failed.json")
         if failed is not None:
             return FolderState("failed", record=failed)
@@ -140,6 +184,13 @@ class RunFolder:
             raise output_error(self.path, error) from None
         log.info("%s: moved the old folder to %s", self.path.name, target)
         return target
+
+
+def _valid_meta(meta: Any) -> bool:
+    """``fingerprint.json`` of the shape :meth:`RunFolder.create` writes (a wrong-typed one is damaged)."""
+    return (isinstance(meta, dict) and isinstance(meta.get("fingerprint"), str)
+            and isinstance(meta.get("config", {}), dict) and isinstance(meta.get("machine") or {}, dict)
+            and isinstance(meta.get("wandb_id") or "", str))
 
 
 def wandb_id(suite: str, run_id: str, nonce: str) -> str:

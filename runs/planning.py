@@ -15,7 +15,7 @@ from strategies.training import resolve_device
 from .config import RunConfig, SuiteConfig
 from .errors import RefusedError
 from .fingerprint import machine_facts
-from .folders import FolderState, RunFolder
+from .folders import FolderState
 from .lock import live_holder
 from .runkey import RunKey, keys_of
 
@@ -56,7 +56,7 @@ def plan(suite: SuiteConfig, only: list[str] | None = None, *, rerun_changed: bo
     planned, refusals = [], []
     for key in keys_of(suite, only):
         facts = machine_facts(key.run.train, resolve_device(key.run.train.device)) if compare_machine else None
-        state = RunFolder(key.folder).state(key.fingerprint, key.fingerprinted, facts)
+        state = key.state(facts)
         action = _action(state.status, rerun_changed, rerun_failed)
         if action == "refuse":
             refusals.append(f"{key.id}: " + "; ".join(state.changes))

@@ -9,13 +9,17 @@ carries its computed values along).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, SuiteConfig, to_plain
-from .fingerprint import fingerprint, fingerprinted
+from strategies.registry import METHODS, SECTIONS
+
+from .config import Choice, RunConfig, SuiteConfig, to_plain
+from .fingerprint import differences, fingerprint, fingerprinted, flatten
+from .folders import FolderState, RunFolder
 
 
 def run_id(name: str, seed: int) -> str:
@@ -26,6 +30,31 @@ def run_id(name: str, seed: int) -> str:
 def run_config(run: RunConfig, seed: int) -> dict[str, Any]:
     """The declared resolved config of one (run, seed) as plain data (what ``config.yaml`` holds)."""
     return to_plain(run) | {"seed": seed}
+
+
+def reads_of(run: RunConfig) -> tuple[str, ...]:
+    """The config parts the run's method reads (``MethodSpec.reads``; every section without a method)."""
+    spec = METHODS.get(run.method.name) if run.method is not None else None
+    return tuple(spec.reads) if spec is not None else SECTIONS
+
+
+def field_defaults(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> default value of every leaf field of a run's config tree (:func:`flatten` form),
+    following the run's own nested dataclasses and method / stream option classes."""
+    if isinstance(obj, Choice):
+        return field_defaults(obj.cfg, prefix)
+    out: dict[str, Any] = {}
+    if not dataclasses.is_dataclass(obj):
+        return out
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Choice) or dataclasses.is_dataclass(value):
+            out.update(field_defaults(value, f"{prefix}{f.name}."))
+        elif f.default is not dataclasses.MISSING:
+            out.update(flatten({f.name: to_plain(f.default)}, prefix))
+        elif f.default_factory is not dataclasses.MISSING:
+            out.update(flatten({f.name: to_plain(f.default_factory())}, prefix))
+    return out
 
 
 def run_dir(suite: SuiteConfig, run: RunConfig, seed: int) -> Path:
@@ -61,14 +90,45 @@ class RunKey:
     def config(self) -> dict[str, Any]:
         return run_config(self.run, self.seed)
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The config parts the fingerprint covers besides ``seed`` (the method's ``MethodSpec.reads``)."""
+        return reads_of(self.run)
+
     @cached_property
     def fingerprinted(self) -> dict[str, Any]:
-        """The config without the paths :data:`runs.fingerprint.NOT_FINGERPRINTED` lists."""
-        return fingerprinted(self.config)
+        """The config parts the method reads, and the seed, without the paths
+        :data:`runs.fingerprint.NOT_FINGERPRINTED` lists."""
+        return fingerprinted(self.config, self.reads)
 
     @cached_property
     def fingerprint(self) -> str:
-        return fingerprint(self.config)
+        return fingerprint(self.config, self.reads)
+
+    @cached_property
+    def defaults(self) -> dict[str, Any]:
+        """Dotted path -> default of every field of this run's config (what an absent field means)."""
+        return field_defaults(self.run)
+
+    def state(self, machine: dict[str, str] | None) -> FolderState:
+        """This run's folder state (:meth:`runs.folders.RunFolder.state`; ``machine`` None: not compared)."""
+        return RunFolder(self.folder).state(self.fingerprint, self.fingerprinted, machine, self.differences)
+
+    def owns(self, record: dict[str, Any]) -> bool:
+        """Does ``record`` (the ``metrics.json`` / ``failed.json`` of this run's folder) hold this run's
+        results — written under its fingerprint, or under an older format the folder still matches?"""
+        if record.get("run_id") != self.id:
+            return False
+        if record.get("fingerprint") == self.fingerprint:
+            return True
+        meta = RunFolder(self.folder).meta()
+        return (meta is not None and meta.get("fingerprint") == record.get("fingerprint")
+                and not self.differences(meta.get("config", {})))
+
+    def differences(self, stored: dict[str, Any]) -> list[str]:
+        """Changes from a folder's stored fingerprinted config (any fingerprint format) to this run's;
+        empty: the folder holds this run (:func:`runs.fingerprint.differences`)."""
+        return differences(stored, self.fingerprinted, self.reads, self.defaults)
 
 
 def keys_of(suite: SuiteConfig, only: list[str] | None = None) -> list[RunKey]:

@@ -41,9 +41,9 @@ from .console import ProgressPlugin
 from .costs import CostPlugin, flat_cost, machine_of, previous_session_costs
 from .errors import MachineError, RefusedError, RunFailed
 from .fingerprint import machine_facts, provenance, resolve_precision
-from .folders import RunFolder, quarantine, read_json
+from .folders import RunFolder, quarantine, read_json, refuse_symlink
 from .guards import FiniteGuard
-from .io import atomic_write_text
+from .io import atomic_write_text, open_append
 from .metrics import seen_accuracy_per_step, summarize
 from .runkey import RunKey
 from .wandb_logger import WandBLogger
@@ -124,7 +124,8 @@ class RunSession:
         )
         self.wandb.run.define_metric("results/experience")
         self.wandb.run.define_metric("results/*", step_metric="results/experience")
-        self._log_stream = (self.out / "log.txt").open("a", encoding="utf-8")
+        # line-buffered: a SIGKILL loses no finished line of the metric dump (a resume appends after it)
+        self._log_stream = open_append(self.out / "log.txt")  # no symlink followed out of the folder
         loggers = [TextLogger(self._log_stream), self.wandb] + ([InteractiveLogger()] if self.verbose else [])
         evaluator = EvaluationPlugin(
             accuracy_metrics(experience=True, stream=True), loss_metrics(epoch=True, experience=True),
@@ -181,8 +182,9 @@ class RunSession:
     def prepare(self) -> None:
         """Create the folder (with a fresh W&B id) or check that it belongs to this config."""
         folder = RunFolder(self.out)
+        refuse_symlink(self.out)
         facts = machine_facts(self.run.train, resolve_device(self.run.train.device))
-        state = folder.state(self.fingerprint, self.key.fingerprinted, facts)
+        state = self.key.state(facts)
         if state.status == "changed":
             raise RefusedError(f"{self.run_id}: its folder holds another config: {'; '.join(state.changes)} "
                                f"(re-run with --rerun-changed to move it aside)")
@@ -198,7 +200,10 @@ class RunSession:
         if path.exists():
             try:
                 sessions = read_json(path).get("sessions", [])
-            except (ValueError, AttributeError):
+                if not isinstance(sessions, list) or not all(isinstance(x, dict) for x in sessions):
+                    raise ValueError(f"{path}: 'sessions' must be a list of objects")
+            except (ValueError, AttributeError, OSError):
+                sessions = []
                 quarantine(path)
         if fields.get("start"):
             sessions.append(dict(self.provenance))
@@ -206,8 +211,8 @@ class RunSession:
             sessions[-1].update(fields)
         atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2, default=str))
 
-    def _attach_log(self) -> logging.Handler:
-        handler = logging.FileHandler(self.out / "log.txt", mode="a", encoding="utf-8")
+    def _attach_log(self) -> logging.StreamHandler:
+        handler = logging.StreamHandler(open_append(self.out / "log.txt"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
         return handler
@@ -249,6 +254,7 @@ class RunSession:
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
+            handler.stream.close()  # a StreamHandler leaves its stream open
         self._close(exit_code=0, status="finished")
         return record
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SuiteConfig, load_suite
-from .folders import RunFolder, read_json
+from .folders import RunFolder, read_json, read_only
 from .io import atomic_write_text, ensure_dir
 from .lock import lock_path, read_lock, stale_reason
 from .report import RunFolderError
@@ -51,11 +51,20 @@ def write_plan(suite: SuiteConfig, only: list[str] | None = None, *, keys: list[
     the suite's run order and W&B block, and whether its suite outputs are still to be written
     (``pending``: a ``--no-wait`` submission; the next ``run`` or ``report`` writes them)."""
     keys = keys if keys is not None else keys_of(suite, only)
-    runs = [{"run_id": key.id, "fingerprint": key.fingerprint} for key in keys]
+    runs = [{"run_id": key.id, "fingerprint": key.fingerprint, **_accepts(key)} for key in keys]
     atomic_write_text(ensure_dir(suite.dir) / PLAN, json.dumps({
         "suite": suite.name, "file": suite.file, "runs": runs, "order": [r.name for r in suite.runs],
         "wandb": dataclasses.asdict(suite.wandb), "mode": mode or suite.wandb.mode, "outputs_pending": pending,
     }, indent=2))
+
+
+def _accepts(key: RunKey) -> dict[str, str]:
+    """``{"accepts": fp}`` when the run's folder was written under an older fingerprint format and still
+    holds this run (``RunKey.differences``), so that ``status DIR`` agrees with ``run``."""
+    meta = RunFolder(key.folder).meta()
+    if meta is None or meta["fingerprint"] == key.fingerprint or key.differences(meta.get("config", {})):
+        return {}
+    return {"accepts": str(meta["fingerprint"])}
 
 
 def read_plan(suite_dir: Path) -> dict[str, Any] | None:
@@ -87,16 +96,21 @@ def _progress(folder: Path) -> str:
     return f"exp {found[-1][0]}/{found[-1][1]} done" if found else ""
 
 
-def run_status(suite_dir: Path, run_id: str, fp: str | None) -> RunStatus:
-    """The state of one run folder; ``fp`` None: the fingerprint is not compared."""
+def run_status(suite_dir: Path, run_id: str, fp: str | None, key: RunKey | None = None,
+               accepts: str | None = None) -> RunStatus:
+    """The state of one run folder; ``fp`` None: the fingerprint is not compared; ``key``: compared as
+    ``run`` does (a folder of an older fingerprint format that holds this run is not changed);
+    ``accepts``: such an older fingerprint ``run`` accepted (``.plan.json``)."""
     folder = RunFolder(suite_dir / run_id)
     lock = read_lock(lock_path(suite_dir, run_id))
-    stale = None if lock is None else stale_reason(lock)
+    stale = None if lock is None else stale_reason(lock, name=str(lock_path(suite_dir, run_id)))
     if lock is not None and stale is None:
         return RunStatus(run_id, "running", ", ".join(x for x in (lock.describe(), _progress(folder.path)) if x))
     meta = folder.meta()
-    state = folder.state(fp if fp is not None else (meta or {}).get("fingerprint", ""), (meta or {}).get("config", {}),
-                         None)
+    if accepts is not None and (meta or {}).get("fingerprint") == accepts:
+        fp = accepts
+    state = key.state(None) if key is not None else folder.state(
+        fp if fp is not None else (meta or {}).get("fingerprint", ""), (meta or {}).get("config", {}), None)
     note = f"stale lock: {stale}" if stale else ""
     if state.status == "new":
         return RunStatus(run_id, "pending", note or "not started")
@@ -118,23 +132,23 @@ def suite_status(target: str | Path, overrides: list[str] | None = None, only: l
     path = Path(target)
     if path.is_file():
         suite = load_suite(path, overrides, only=only, output_dir=output_dir)
-        return suite.dir, [run_status(suite.dir, key.id, key.fingerprint) for key in keys_of(suite, only)]
+        return suite.dir, [run_status(suite.dir, key.id, key.fingerprint, key) for key in keys_of(suite, only)]
     if not path.is_dir():
         raise RunFolderError(f"{target}: neither a suite YAML nor a suite output folder")
     plan = path / PLAN
     if plan.is_file():
         try:
-            entries = [(e["run_id"], e["fingerprint"]) for e in read_json(plan)["runs"]]
+            entries = [(e["run_id"], e["fingerprint"], e.get("accepts")) for e in read_json(plan)["runs"]]
         except (ValueError, KeyError, TypeError) as error:
             raise RunFolderError(f"{plan}: unreadable ({error}); give the suite YAML instead") from None
     else:
-        entries = [(p.name, None) for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")
+        entries = [(p.name, None, None) for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")
                    and (p / "fingerprint.json").exists()]
-        entries += [(p.stem, None) for p in sorted((path / ".locks").glob("*.json"))
+        entries += [(p.stem, None, None) for p in sorted((path / ".locks").glob("*.json"))
                     if p.stem not in {e[0] for e in entries}]
     if not entries:
         raise RunFolderError(f"{path}: no run folders and no {PLAN}; give the suite YAML to see pending runs")
-    return path, [run_status(path, run_id, fp) for run_id, fp in entries]
+    return path, [run_status(path, run_id, fp, accepts=accepts) for run_id, fp, accepts in entries]
 
 
 def format_status(suite_dir: Path, rows: list[RunStatus]) -> str:
@@ -147,6 +161,7 @@ def format_status(suite_dir: Path, rows: list[RunStatus]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    suite_dir, rows = suite_status(args.suite, args.overrides, args.only, args.output_dir)
+    with read_only():  # status never writes: a damaged file is named, not moved
+        suite_dir, rows = suite_status(args.suite, args.overrides, args.only, args.output_dir)
     print(format_status(suite_dir, rows))
     return 0

@@ -15,7 +15,7 @@ from avalanche.training import AGEM, EWC, LwF, Naive, Replay, SynapticIntelligen
 from avalanche.training.templates import SupervisedTemplate
 
 from .options import COUNT, NONNEGATIVE, POSITIVE, option
-from .registry import MethodSpec, register
+from .registry import EVALUATION_READS, MethodSpec, register
 from .training import make_optimizer, template_kwargs
 
 
@@ -84,7 +84,7 @@ def _build_ewc(model: Any, cfg: EWCConfig, **kwargs: Any) -> SupervisedTemplate:
     return _builder(EWC, "ewc_lambda", "mode", "decay_factor")(model, cfg, **kwargs)
 
 
-register("zeroshot", MethodSpec(NoOptions, _builder(ZeroShot), trains=False))
+register("zeroshot", MethodSpec(NoOptions, _builder(ZeroShot), trains=False, reads=EVALUATION_READS))
 register("naive", MethodSpec(NoOptions, _builder(Naive)))
 register("lwf", MethodSpec(LwFConfig, _builder(LwF, "alpha", "temperature"), label_space="seen"))
 register("ewc", MethodSpec(EWCConfig, _build_ewc))

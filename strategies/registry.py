@@ -11,6 +11,10 @@ defaults (``train.*`` keys), which sit between ``TrainConfig``'s defaults and th
 ``check(run)`` holds the method's cross-field checks on a whole run (its options against the model,
 the training recipe): it raises ``ValueError("method.<field> = <value>: <why>; allowed: ...")``, a
 message that names the field relative to the run, and the suite validator prefixes file and run.
+``reads`` names the parts of a run's config the method's numbers depend on — whole sections
+(``"train"``) or single fields (``"train.eval_batch_size"``); a run's fingerprint is those parts plus
+the seed (``runs.fingerprint``, docs/outputs.md "What the fingerprint covers"), so a field a method
+does not read never marks its finished runs as changed.
 Option ranges and help text are not here: they live on the config dataclass's fields
 (:mod:`strategies.options`).
 """
@@ -21,6 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+SECTIONS = ("model", "stream", "train", "method", "eval")  # a run's config sections (RunConfig)
+# what evaluating a model reads besides model / stream / method / eval: the evaluation minibatch and
+# the compute settings (numerics); a method that trains nothing reads these and no training option
+EVALUATION_READS = ("model", "stream", "method", "eval", "train.eval_batch_size", "train.device",
+                    "train.precision", "train.compile")
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -30,6 +40,7 @@ class MethodSpec:
     trains: bool = True  # False for zero-shot evaluation
     recipe: dict[str, Any] = field(default_factory=dict)  # the paper's train.* defaults (YAML overrides them)
     check: Callable[[Any], None] | None = None  # cross-field checks of a run; raises ValueError
+    reads: tuple[str, ...] = SECTIONS  # config sections / dotted fields the method's numbers depend on
 
 
 METHODS: dict[str, MethodSpec] = {}

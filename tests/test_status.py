@@ -10,10 +10,10 @@ import pytest
 from runs.__main__ import main
 from runs.config import load_suite
 from runs.executors.job import Job, run_job
-from runs.fingerprint import fingerprint, fingerprinted
 from runs.folders import RunFolder
 from runs.lock import RunLock, lock_path
-from runs.runner import RefusedError, plan, refuse_locked, run_config, run_dir
+from runs.runkey import RunKey
+from runs.runner import RefusedError, plan, refuse_locked, run_dir
 from runs.status import format_status, suite_status, write_plan
 
 SMOKE = "runs/suites/smoke.yaml"
@@ -26,11 +26,11 @@ def suite(tmp_path):
 
 def _folder(suite, name: str, *, result: str | None = None, config_change: bool = False) -> RunFolder:
     run = next(r for r in suite.runs if r.name == name)
-    config = run_config(run, 0)
-    fp = fingerprint(config) if not config_change else "0123456789ab"
+    key = RunKey.of(suite, run, 0)  # the folder as the runner writes it (fingerprint over what the method reads)
+    fp = key.fingerprint if not config_change else "0123456789ab"
+    stored = key.fingerprinted | ({"model": key.fingerprinted["model"] | {"arch": "x"}} if config_change else {})
     folder = RunFolder(run_dir(suite, run, 0))
-    folder.create(suite.name, f"{name}-seed0", fp, fingerprinted(config) | ({"x": 1} if config_change else {}),
-                  {"device_type": "cpu", "precision": "fp32"})
+    folder.create(suite.name, f"{name}-seed0", fp, stored, {"device_type": "cpu", "precision": "fp32"})
     if result == "finished":
         (folder.path / "metrics.json").write_text(json.dumps({"status": "finished", "wall_time_s": 12.4}))
     elif result == "failed":

@@ -128,7 +128,7 @@ def run_job(job: Job, on_prepared: Callable[[Path], None] | None = None) -> JobR
         return result
     try:
         folder = RunFolder(key.folder)
-        state = folder.state(key.fingerprint, key.fingerprinted, None)
+        state = key.state(None)
         if state.status == "finished":
             result.status = "skipped"
             result.reason = f"{job.run_id}: finished meanwhile by another worker"

@@ -14,7 +14,7 @@ from avalanche.training.templates import SupervisedTemplate
 
 from ..clip import CLIPClassifier
 from ..options import split_fields, with_options
-from ..registry import MethodSpec, register
+from ..registry import EVALUATION_READS, MethodSpec, register
 from ..training import template_kwargs
 from .config import RAILConfig, check_run
 from .plugin import RAILPlugin
@@ -61,4 +61,8 @@ def build_rail(model: CLIPClassifier, cfg: RAILConfig, *, train: Any, plugins: l
 # The official config (configs/analytic_clip.yaml): batch 128, one pass of the training transform
 # (RandomResizedCrop, scale 0.9-1; augmentation_time 1) over each domain's training data.
 RECIPE = {"batch_size": 128, "epochs": 1, "augment": True}
-register("rail", MethodSpec(RAILConfig, build_rail, trains=False, recipe=RECIPE, check=check_run))
+# Training-free, but the closed-form fit reads the training data through the training transform
+# (train.augment) in minibatches of train.batch_size (the RLS update order, float64 sums) with
+# train.num_workers loader workers (their seeds draw the random crops): those fields, no optimizer ones.
+READS = (*EVALUATION_READS, "train.batch_size", "train.augment", "train.num_workers")
+register("rail", MethodSpec(RAILConfig, build_rail, trains=False, recipe=RECIPE, check=check_run, reads=READS))
