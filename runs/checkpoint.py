@@ -91,11 +91,50 @@ def _positions(subset: Any, parent: Any) -> list[int]:
     return [where[g] for g in (sub._indices if sub._indices is not None else range(len(subset)))]
 
 
+def classifier_extras(model: torch.nn.Module) -> dict[str, Any]:
+    """What a copied model carries besides its tensors and changes its forward: each module's
+    train/eval mode (dropout draws), the classifier's active classes and prompt set (which text
+    features are encoded, so how many random draws they take) and its cached text features.
+
+    LwF's teacher is ``deepcopy(model)`` taken in train mode right after an experience, scoring
+    that experience's label space with the training prompts; rebuilt at resume from a freshly
+    built model it would score every class with the evaluation prompts, draw other dropout masks
+    and shift every later random draw (docs/reliability.md#exact-resume).
+    """
+    extras: dict[str, Any] = {"training": [name for name, m in model.named_modules() if m.training]}
+    for attr in ("active_classes", "prompt_set"):
+        if hasattr(model, attr):
+            value = getattr(model, attr)
+            extras[attr] = [int(c) for c in value] if attr == "active_classes" else str(value)
+    cache = getattr(model, "_text_cache", None)
+    if isinstance(cache, dict) and hasattr(model, "_text_state_version"):
+        extras["text_cache"] = [[str(p), str(s), [int(i) for i in ids], t.detach().clone()]
+                                for (p, s, ids), t in cache.items()]
+        extras["text_cache_valid"] = getattr(model, "_text_version", None) == model._text_state_version()
+    return extras
+
+
+def load_classifier_extras(model: torch.nn.Module, extras: dict[str, Any]) -> None:
+    """Apply :func:`classifier_extras` to ``model`` (after its tensors were loaded)."""
+    training = set(extras.get("training", []))
+    for name, module in model.named_modules():
+        module.training = name in training
+    if "active_classes" in extras:
+        model.active_classes = list(extras["active_classes"])
+    if "prompt_set" in extras:
+        model.prompt_set = extras["prompt_set"]
+    if "text_cache" in extras:
+        model._text_cache = {(p, s, tuple(ids)): t for p, s, ids, t in extras["text_cache"]}
+        model._text_version = model._text_state_version() if extras.get("text_cache_valid") else None
+
+
 def _lwf_state(plugin: Any, ctx: Context) -> dict[str, Any]:
     lwf = plugin.lwf
+    prev = lwf.prev_model
     return {"expcount": lwf.expcount,
             "prev_classes_by_task": {int(t): sorted(int(c) for c in cs) for t, cs in lwf.prev_classes_by_task.items()},
-            "prev_model": None if lwf.prev_model is None else model_state(lwf.prev_model)}
+            "prev_model": None if prev is None else model_state(prev),
+            "prev_extras": None if prev is None else classifier_extras(prev)}
 
 
 def _lwf_load(plugin: Any, state: dict[str, Any], ctx: Context) -> None:
@@ -106,6 +145,8 @@ def _lwf_load(plugin: Any, state: dict[str, Any], ctx: Context) -> None:
     if state["prev_model"] is not None:
         lwf.prev_model = copy.deepcopy(ctx.strategy.model)
         lwf.prev_model.load_state_dict(state["prev_model"], strict=False)
+        if state.get("prev_extras") is not None:
+            load_classifier_extras(lwf.prev_model, state["prev_extras"])
 
 
 def _ewc_state(plugin: Any, ctx: Context) -> dict[str, Any]:

@@ -169,10 +169,12 @@ class SuiteConfig:
 
 _SUITE_KEYS = ("defaults", "launcher", "name", "output_dir", "runs", "wandb")
 _RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: "$" would accept a final "\n"
 RESERVED_NAMES = frozenset({*_SUITE_KEYS, *_RUN_KEYS, "suite"})  # a name must not read as a field in --set
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # fullmatch
+MAX_INT = 2**32 - 1  # every int of a suite: counts, sizes, seeds (NumPy seeds are 32-bit)
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # no string of a suite holds one: names, paths, devices, cells
 
 
 # ---- generic dataclass validation --------------------------------------------------------------
@@ -228,6 +230,9 @@ def _coerce(value: Any, tp: Any, where: str, file: str) -> Any:
             return value
     elif tp is str:
         if isinstance(value, str):
+            if CONTROL.search(value):
+                raise ConfigError(f"{file}: {where} = {short(value)}: control characters (newline, tab, ...) are "
+                                  f"not allowed in a suite's strings")
             return value
     raise ConfigError(f"{file}: {where} = {short(value)}: expected {_type_name(tp)}, got {type(value).__name__}")
 
@@ -256,6 +261,8 @@ def _check_range(bounds: Range | None, value: Any, where: str, file: str) -> Non
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    if isinstance(value, int) and value > MAX_INT:
+        raise ConfigError(f"{file}: {where} = {short(value)}: must be <= {MAX_INT} (2^32 - 1)")
     if bounds is None:
         if isinstance(value, int) and value < 0:
             raise ConfigError(f"{file}: {where} = {value}: must be >= 0")
@@ -309,7 +316,7 @@ def _choice(data: Any, registry: dict[str, Any], where: str, file: str) -> Choic
 # ---- names and cross-field checks --------------------------------------------------------------
 def check_name(name: Any, where: str, file: str) -> str:
     """Suite/run names are folder names: 1-64 of [A-Za-z0-9_-], not a field name."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"{file}: {where} = {short(name)}: a name is 1-64 letters, digits, '_' or '-' "
                           f"(no '.', '/', spaces)")
     if name in RESERVED_NAMES:
@@ -339,7 +346,7 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
         raise ConfigError(f"{file}: {where}.model.{error}") from None
     _check_precision(run, where, file)
     _check_method(run, where, file)
-    if not DEVICE_PATTERN.match(run.train.device):
+    if not DEVICE_PATTERN.fullmatch(run.train.device):
         raise ConfigError(f"{file}: {where}.train.device = {short(run.train.device)}: allowed: auto, cpu, "
                           f"cuda, cuda:N, mps")
     check = STREAMS[run.stream.name].check
@@ -356,6 +363,36 @@ def check_run(run: RunConfig, where: str, file: str) -> None:
             raise ConfigError(f"{file}: {where}.reference: {error}") from None
     if len(set(run.seeds)) != len(run.seeds):
         raise ConfigError(f"{file}: {where}.seeds = {short(run.seeds)}: seeds must be unique")
+    _check_lr_table(run, where, file)
+
+
+def experience_names(stream_cfg: Any) -> tuple[list[str], list[str]] | None:
+    """(the stream's experience names, names a selection left out), known without data: MTIL names
+    its datasets (``benchmarks.mtil.stream_datasets``), other streams ``exp0``, ``exp1``, ... (as
+    :class:`benchmarks.base.CLIPBenchmark`); None when the stream does not say."""
+    from benchmarks.mtil import MTILConfig, stream_datasets
+
+    if isinstance(stream_cfg, MTILConfig):
+        try:
+            return stream_datasets(stream_cfg)
+        except ValueError:
+            return None  # reported by the stream's own check
+    n = getattr(stream_cfg, "n_experiences", None)
+    return ([f"exp{i}" for i in range(n)], []) if isinstance(n, int) else None
+
+
+def _check_lr_table(run: RunConfig, where: str, file: str) -> None:
+    """``train.lr_by_experience`` names only experiences of the stream (the check RecipePlugin makes
+    when the run starts, made here before any work)."""
+    table = run.train.lr_by_experience or {}
+    names = experience_names(run.stream.cfg) if run.stream is not None and table else None
+    if names is None:
+        return
+    known = [*names[0], *names[1]]
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{file}: {where}.train.lr_by_experience: unknown experiences {unknown}; "
+                          f"allowed: {', '.join(known)}")
 
 
 def _check_precision(run: RunConfig, where: str, file: str) -> None:

@@ -31,6 +31,8 @@ def _describe(error: OSError) -> str:
         return "permission denied (read-only folder?)"
     if error.errno in (errno.ENOTDIR, errno.EEXIST):
         return "a file stands where a folder belongs"
+    if error.errno == errno.ELOOP:
+        return "it is a symbolic link; the toolkit never writes through one (it may point out of the output folder)"
     return error.strerror or str(error)
 
 
@@ -54,21 +56,48 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _open_nofollow(path: Path, flags: int) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` (``O_NOFOLLOW``: ELOOP instead)."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+
+
+def open_append(path: Path | str) -> IO[str]:
+    """Open a text file for appending, line-buffered, without following a symbolic link (a log
+    planted as a link to a file outside the output folder is refused with :class:`OutputError`)."""
+    try:
+        fd = _open_nofollow(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError as error:
+        raise output_error(path, error) from None
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove a temporary file; a clean-up that fails (read-only file system) never hides the cause."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def atomic_write(path: Path | str, write: Callable[[IO[Any]], None], *, binary: bool = False) -> Path:
-    """Write ``path`` atomically: ``write(handle)`` fills a temporary sibling, which is renamed."""
+    """Write ``path`` atomically: ``write(handle)`` fills a temporary sibling, which is renamed
+    (``os.replace`` replaces a symbolic link at ``path`` itself, never its target; the temporary
+    file is opened without following one)."""
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+        _unlink_quietly(tmp)  # a leftover of a dead process with this pid, or a planted link
+        fd = _open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with open(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise output_error(path, error) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise
     return path
 

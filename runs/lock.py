@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -78,11 +79,22 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def stale_reason(info: LockInfo, now: float | None = None, stale_after: float = STALE_AFTER_S) -> str | None:
-    """Why ``info`` is stale, or None while its holder may be alive."""
+def stale_reason(info: LockInfo, now: float | None = None, stale_after: float = STALE_AFTER_S,
+                 name: str = "") -> str | None:
+    """Why ``info`` is stale, or None while its holder may be alive.
+
+    A heartbeat that is not a finite number, or lies more than ``stale_after`` in the future (more
+    than any clock skew between hosts), can never age: it is stale, with a warning naming the lock.
+    """
     now = time.time() if now is None else now
     if info.host == socket.gethostname() and not pid_alive(info.pid):
         return f"pid {info.pid} on this host ({info.host}) is dead"
+    if not math.isfinite(info.heartbeat) or info.heartbeat - now > stale_after:
+        what = ("not a number" if not math.isfinite(info.heartbeat)
+                else f"{info.heartbeat - now:.0f} s in the future")
+        log.warning("%slock of %s pid %s: its heartbeat is %s; treated as stale", f"{name}: " if name else "",
+                    info.host, info.pid, what)
+        return f"its heartbeat is {what} (a lock that can never age)"
     if now - info.heartbeat > stale_after:
         return f"its heartbeat is {now - info.heartbeat:.0f} s old (limit {stale_after:.0f} s)"
     return None
@@ -126,7 +138,7 @@ class RunLock:
             holder = read_lock(self.path)
             if holder is None:
                 continue  # released meanwhile
-            reason = stale_reason(holder, stale_after=self.stale_after)
+            reason = stale_reason(holder, stale_after=self.stale_after, name=str(self.path))
             if reason is None:
                 self.holder = holder
                 return False
@@ -140,6 +152,9 @@ class RunLock:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return  # another contender moved it first
+        if aside.is_dir():  # a folder where the lock file belongs: kept aside, never deleted
+            log.warning("%s: a folder stood where its lock file belongs; moved it to %s", self.path, aside.name)
+            return
         moved = read_lock(aside)
         if moved is not None and moved.token != holder.token:  # we moved a fresh lock: put it back
             try:
@@ -197,6 +212,6 @@ class RunLock:
 def live_holder(suite_dir: Path, run_id: str, stale_after: float = STALE_AFTER_S) -> LockInfo | None:
     """The live holder of a run's lock, or None (no lock, or a stale one)."""
     info = read_lock(lock_path(suite_dir, run_id))
-    if info is None or stale_reason(info, stale_after=stale_after) is not None:
+    if info is None or stale_reason(info, stale_after=stale_after, name=str(lock_path(suite_dir, run_id))) is not None:
         return None
     return info

@@ -93,6 +93,15 @@ SUITES: list[tuple[str, str | bytes, list[str], str]] = [
     ("set-nobody-has-it", VALID, ["--set", "method.alpha=2"], "no selected run has option 'method.alpha'"),
     ("set-unknown-run", VALID, ["--set", "nope:train.lr=1"], "no such run"),
     ("only-unknown", VALID, ["--only", "naiv"], "--only 'naiv': no such run"),
+    ("name-newline", VALID + '  - {method: naive, name: "naive2\\n"}\n', [], "runs[2].name"),
+    ("device-newline", _suite_text(**{"device: cpu": 'device: "cpu\\n"'}), [], "control characters"),
+    ("seed-2-32", VALID.replace("seeds: [0]", "seeds: [4294967296]"), [], "must be <= 4294967295"),
+    ("batch-1e18", _suite_text(**{"batch_size: 8": "batch_size: 1000000000000000000"}), [], "train.batch_size"),
+    ("n-exp-1e18", _suite_text(**{"n_experiences: 2": "n_experiences: 1000000000000000000"}), [],
+     "stream.n_experiences"),
+    ("lr-table-unknown", _suite_text(**{"lr: 0.01": "lr: 0.01, lr_by_experience: {Aircraft: 0.1}"}), [],
+     "unknown experiences ['Aircraft']"),
+    ("output-dir-tab", _suite_text(**{"output_dir: {out}": 'output_dir: "{out}\\tx"'}), [], "control characters"),
 ]
 
 

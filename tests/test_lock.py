@@ -143,3 +143,45 @@ def test_release_leaves_a_lock_taken_over_by_another_holder(tmp_path):
     _write(path, token="someone-else", pid=__import__("os").getpid())
     lock.release()
     assert read_lock(path).token == "someone-else"
+
+
+# ---- [faults] issue 21 item 4: heartbeats that can never age; busy runs are not "done" ---------------
+@pytest.mark.parametrize("heartbeat", [float("nan"), "NaN", 10 * 86400.0])
+def test_a_heartbeat_in_the_future_or_not_a_number_is_stale_with_a_warning_naming_the_lock(tmp_path, lines,
+                                                                                           heartbeat):
+    path = lock_path(tmp_path, "naive-seed0")
+    value = time.time() + heartbeat if isinstance(heartbeat, float) and heartbeat == heartbeat else heartbeat
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 4242, "start": 0.0, "heartbeat": value, "token": "t"})
+                    .replace('"NaN"', "NaN"))
+    assert stale_reason(read_lock(path), name=str(path)) is not None
+    assert live_holder(tmp_path, "naive-seed0") is None
+    assert any(str(path) in line and "stale" in line for line in lines), lines
+    lock = RunLock(path)
+    assert lock.acquire()  # taken over
+    lock.release()
+
+
+def test_a_folder_where_a_lock_file_belongs_is_moved_aside_not_a_traceback(tmp_path, lines):
+    path = lock_path(tmp_path, "naive-seed0")
+    path.mkdir(parents=True)
+    (path / "keep.txt").write_text("x")
+    lock = RunLock(path)
+    assert lock.acquire()
+    lock.release()
+    kept = [p for p in path.parent.iterdir() if p.is_dir()]
+    assert len(kept) == 1 and (kept[0] / "keep.txt").read_text() == "x"
+    assert any("a folder stood where its lock file belongs" in line for line in lines)
+
+
+def test_a_run_skipped_for_a_live_lock_makes_the_suite_exit_1_naming_it(tmp_path, capsys):
+    from test_results import write_suite
+
+    from runs.__main__ import main
+
+    path = write_suite(tmp_path)
+    _write(lock_path(tmp_path / "out" / "tiny", "naive-seed0"), host="elsewhere", pid=99)  # fresh heartbeat
+    assert main(["run", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "skipped: naive-seed0: another worker holds its lock" in out
+    assert (tmp_path / "out" / "tiny" / "zeroshot-seed0" / "metrics.json").exists()
