@@ -156,6 +156,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     options = _options(args)
     suite = _load(args)
+    if args.online:
+        from .wandb_logger import login_problem
+
+        problem = login_problem()
+        if problem:
+            from .config import ConfigError
+
+            raise ConfigError(problem)  # exit 2, one line, before any work
     outcome = run_suite(suite, options, online=args.online, only=args.only, rerun_changed=args.rerun_changed,
                         rerun_failed=args.rerun_failed, fail_fast=args.fail_fast, verbose=args.verbose)
     if outcome.submitted:

@@ -26,10 +26,13 @@ later with ``wandb sync <that folder>``. ``mode="disabled"`` writes nothing.
 from __future__ import annotations
 
 import logging
+import netrc
 import numbers
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -48,6 +51,21 @@ if TYPE_CHECKING:
     from avalanche.training.templates import SupervisedTemplate
 
 log = logging.getLogger(__name__)
+
+
+def login_problem() -> str | None:
+    """Why ``run --online`` cannot log to W&B here (no API key: ``WANDB_API_KEY`` or a netrc entry for
+    the W&B host), checked before any work; None when a key is configured."""
+    if os.environ.get("WANDB_API_KEY"):
+        return None
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return None
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return (f"--online needs a W&B login and none is configured (no WANDB_API_KEY, no netrc entry for {host}): "
+            f"run `wandb login`, or drop --online (nothing ran)")
 
 STEP_METRIC = "trainer/step"  # x axis of every chart: Avalanche's x_plot
 EXPERIENCE_METRIC = "trainer/experience"  # count of finished training experiences

@@ -120,3 +120,14 @@ def test_status_leaves_a_damaged_metrics_json_in_place(tmp_path, capsys):
     before = sorted(p.name for p in _folder(tmp_path).iterdir())
     assert main(["status", str(path)]) == 0
     assert sorted(p.name for p in _folder(tmp_path).iterdir()) == before and metrics.read_bytes() == b"{torn"
+
+
+def test_run_online_without_a_wandb_login_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = write_suite(tmp_path)
+    assert main(["run", str(path), "--online"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "wandb login" in err[0] and "--online" in err[0], err
+    assert not (tmp_path / "out").exists()
