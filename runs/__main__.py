@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     share.add_argument("--project", default=None, help="W&B project (default: the suite's, else clip-cl)")
     share.add_argument("--dry-run", action="store_true", help="build the Report offline and write its outline only")
     listing = sub.add_parser("list", help="methods, streams and unit kinds with their options and defaults")
+    listing.add_argument("what", nargs="?", choices=("options", "references"), default="options",
+                         help="options (default): methods, streams, units and run options; references: the "
+                              "published rows a run can name in `reference:`, with their sources")
     listing.add_argument("--markdown", action="store_true",
                          help="print the option reference page instead (docs/reference/options.md)")
     status = sub.add_parser("status", help="finished / running / failed / pending / changed per run of a suite")
@@ -229,7 +232,11 @@ def _cmd_share(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from .listing import format_listing, format_markdown
 
-    if args.markdown:
+    if args.what == "references":
+        from .references import format_references
+
+        print(format_references())
+    elif args.markdown:
         print(format_markdown(), end="")  # the page as committed: `python -m runs list --markdown > PAGE`
     else:
         print(format_listing())

@@ -162,6 +162,10 @@ def report_suite(suite_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Path]
     records = load_run_records(suite_dir)
     plan_file = read_plan(suite_dir) or {}
     order = plan_file.get("order")
+    suite_references = plan_file.get("references") or {}
+    for record in records:  # the reference the suite names now (not fingerprinted: the folder's may be stale)
+        if record.get("name") in suite_references:
+            record["reference"] = suite_references[record["name"]]
     if not records:
         return records, {}, order
     wandb = {k: v for k, v in (plan_file.get("wandb") or {}).items() if k != "mode"}

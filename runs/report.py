@@ -141,14 +141,22 @@ def _read_config(folder: Path) -> dict[str, Any] | None:
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise RunFolderError(f"{path}: unreadable run config ({type(error).__name__})") from None
+        # the record holds the numbers: a damaged config is named, never fatal (docs/reliability.md)
+        log.warning("%s: unreadable run config (%s); the run is reported from its record alone",
+                    path, type(error).__name__)
+        return None
+    if config is not None and not isinstance(config, dict):
+        log.warning("%s: a run config must be a mapping, got %s; the run is reported from its record alone",
+                    path, type(config).__name__)
     return config if isinstance(config, dict) else None
 
 
-def load_run_records(suite_dir: Path) -> list[dict[str, Any]]:
+def load_run_records(suite_dir: Path, *, damaged: list[str] | None = None) -> list[dict[str, Any]]:
     """One record per live run folder, in folder-name order: finished ones (``metrics.json``) and
     failed ones (``failed.json``; ``metrics.json`` wins when both exist). Folders with neither and
-    dot-folders are skipped; a damaged record raises :class:`RunFolderError` naming the file."""
+    dot-folders are skipped; a damaged record raises :class:`RunFolderError` naming the file — or,
+    given a ``damaged`` list, is appended to it as one line naming the file and left out (the other
+    runs and the table are unaffected). A damaged ``config.yaml`` is a warning (``config`` None)."""
     suite_dir = Path(suite_dir)
     if not suite_dir.is_dir():
         raise RunFolderError(f"suite folder not found: {suite_dir}")
@@ -156,8 +164,14 @@ def load_run_records(suite_dir: Path) -> list[dict[str, Any]]:
     for folder in _run_folders(suite_dir):
         finished = (folder / "metrics.json").is_file()
         path = folder / ("metrics.json" if finished else "failed.json")
-        record = _read_json(path)
-        _check_record(record, str(path), failed=not finished)
+        try:
+            record = _read_json(path)
+            _check_record(record, str(path), failed=not finished)
+        except RunFolderError as error:
+            if damaged is None:
+                raise
+            damaged.append(str(error))
+            continue
         record["status"] = "finished" if finished else "failed"
         record["folder"] = str(folder)
         if "config" not in record:
@@ -183,10 +197,11 @@ def is_finished(record: Mapping[str, Any]) -> bool:
 
 
 def reference_of(record: Mapping[str, Any]) -> str | None:
-    """The run's ``reference`` key: from the record, else from its resolved config."""
+    """The run's ``reference`` key: from the record (the suite's, set by the driver), else, for a record
+    without the field, from its resolved config."""
     key = record.get("reference")
     config = record.get("config")
-    if key is None and isinstance(config, Mapping):
+    if "reference" not in record and isinstance(config, Mapping):
         key = config.get("reference")
     return str(key) if key else None
 

@@ -54,6 +54,7 @@ def write_plan(suite: SuiteConfig, only: list[str] | None = None, *, keys: list[
     runs = [{"run_id": key.id, "fingerprint": key.fingerprint, **_accepts(key)} for key in keys]
     atomic_write_text(ensure_dir(suite.dir) / PLAN, json.dumps({
         "suite": suite.name, "file": suite.file, "runs": runs, "order": [r.name for r in suite.runs],
+        "references": {r.name: r.reference for r in suite.runs},  # read by `report DIR`: not from the folders
         "wandb": dataclasses.asdict(suite.wandb), "mode": mode or suite.wandb.mode, "outputs_pending": pending,
     }, indent=2))
 

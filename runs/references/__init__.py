@@ -302,6 +302,9 @@ def compare(run: str, key: str, records: Sequence[Mapping[str, Any]],
         return Comparison(run, key, ref, "no finished seed (failed runs are never compared)")
     if any(str(r.get("pretrained")) == "none" or _pretrained(r) == "none" for r in finished):
         return Comparison(run, key, ref, "random weights (pretrained: none) are never compared with published numbers")
+    if any(((r.get("provenance") or {}).get("data") or {}).get("status") == "subset" for r in finished):
+        return Comparison(run, key, ref, "subset data (provenance data.status: subset): the run read part of the "
+                                         "official data")
     configs = [r.get("config") for r in finished]
     if any(not isinstance(c, Mapping) for c in configs):
         return Comparison(run, key, ref, "the run folder has no resolved config (config.yaml) to check comparability")
@@ -324,5 +327,23 @@ def _pretrained(record: Mapping[str, Any]) -> Any:
     return config_value(config, "model.pretrained") if isinstance(config, Mapping) else None
 
 
+def format_references(references: Mapping[str, Reference] | None = None) -> str:
+    """``python -m runs list references``: every reference key a run can name, grouped by source paper,
+    with its published values, metric definition and source (table, mark)."""
+    references = _shipped() if references is None else references
+    lines = ["Published rows (a run names one with `reference: KEY`; runs/references/*.yaml)", ""]
+    paper = None
+    width = max((len(key) for key in references), default=0)
+    for key, ref in references.items():
+        if ref.paper != paper:
+            paper = ref.paper
+            lines += ([""] if len(lines) > 2 else []) + [paper]
+        values = "  ".join(f"{name} {value:g}" for name, value in ref.values.items())
+        kind = f"protocol {ref.protocol}" if ref.kind == "accuracy" else ref.kind
+        lines.append(f"  {key:<{width}}  {values}  ({kind}; {ref.table} [{ref.mark}"
+                     f"{', unverified' if ref.unverified else ''}])")
+    return "\n".join(lines)
+
+
 __all__ = ["MARKS", "MISSING", "Comparison", "Reference", "ReferenceTableError", "check_key", "compare", "config_value",
-           "load_references", "mismatches", "parse_file"]
+           "format_references", "load_references", "mismatches", "parse_file"]
