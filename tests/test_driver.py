@@ -19,6 +19,9 @@ from runs.executors.base import cpu_count
 from runs.status import read_plan
 
 RUNS = ("zeroshot-seed0", "naive-seed0")
+# cost figures measured on the machine (docs/metrics.md#cost): they differ between two executions, as wall_time_s
+MEASURED = {"wall_time_s"} | {f"{key}_mean" for key in ("peak_memory_bytes", "train_time_s", "eval_time_s",
+                                                        "train_images_per_s", "device_hours")}
 
 
 def _suite_file(tmp_path: Path, out: Path) -> Path:
@@ -33,7 +36,7 @@ def _numbers(suite_dir: Path) -> dict:
         record = json.loads((suite_dir / run / "metrics.json").read_text())
         runs[run] = (record["matrix"], record["zero_shot_row"], record["metrics"], record["fingerprint"])
     with (suite_dir / "results.csv").open() as f:
-        table = [{k: v for k, v in row.items() if k != "wall_time_s"} for row in csv.DictReader(f)]
+        table = [{k: v for k, v in row.items() if k not in MEASURED} for row in csv.DictReader(f)]
     return {"runs": runs, "table": table}
 
 
