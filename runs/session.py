@@ -97,7 +97,7 @@ class RunSession:
         self.run_id = self.key.id
         self.config = self.key.config
         self.fingerprint = self.key.fingerprint
-        self.experience, self.iteration = None, None
+        self.experience: int | None = None
         self.wandb: WandBLogger | None = None
 
     # ---- building ------------------------------------------------------------------------------
@@ -272,8 +272,11 @@ class RunSession:
         self._record_session(**fields)
 
     def _mark_failed(self, reason: str, error: BaseException) -> None:
+        # the traceback goes to log.txt only; the console gets the one line the executor prints
+        # (docs/reliability.md); the error's own text names the iteration (runs.guards)
         text = "".join(traceback.format_exception(error))
-        log.error("%s failed at experience %s, iteration %s:\n%s", self.run_id, self.experience, self.iteration, text)
+        with (self.out / "log.txt").open("a", encoding="utf-8") as handle:
+            handle.write(f"{_now()} ERROR {self.run_id} failed at experience {self.experience}:\n{text}\n")
         clock = getattr(getattr(self, "strategy", None), "clock", None)
         atomic_write_text(self.out / "failed.json", json.dumps({
             "status": "failed", "run_id": self.run_id, "name": self.run.name,
