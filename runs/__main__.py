@@ -210,7 +210,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report import format_table, resolve_suite_dir, summarize_runs
 
     suite_dir = resolve_suite_dir(args.suite_dir)
-    records, paths, order = report_suite(suite_dir)  # also the suite W&B run a --no-wait run left pending
+    damaged: list[str] = []  # named in a warning each, left out of the table: exit 1
+    records, paths, order = report_suite(suite_dir, damaged)  # also the suite W&B run a --no-wait run left pending
     if not records:
         print(f"error: {suite_dir}: no finished or failed run folders", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -220,7 +221,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(format_table(records, run_order=order) + cost)
     print("\n".join(f"wrote {p}" for p in paths.values()))
-    return EXIT_OK
+    return EXIT_FAILED if damaged else EXIT_OK
 
 
 def _cmd_share(args: argparse.Namespace) -> int:

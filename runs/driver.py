@@ -138,7 +138,7 @@ def suite_records(suite: SuiteConfig, keys: list[RunKey] | None = None) -> list[
     keys = keys if keys is not None else keys_of(suite)
     by_id = {key.id: key for key in keys}
     order = {key.id: i for i, key in enumerate(keys)}
-    records = [r for r in load_run_records(suite.dir) if r.get("run_id") in by_id and by_id[r["run_id"]].owns(r)]
+    records = [r for r in load_records(suite.dir) if r.get("run_id") in by_id and by_id[r["run_id"]].owns(r)]
     for record in records:
         record["reference"] = by_id[record["run_id"]].run.reference
     return sorted(records, key=lambda r: order[r["run_id"]])
@@ -155,11 +155,25 @@ def write_suite_outputs(suite_dir: Path, records: list[dict[str, Any]], *, suite
     return paths
 
 
-def report_suite(suite_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Path], list[str] | None]:
+def load_records(suite_dir: Path, damaged: list[str] | None = None) -> list[dict[str, Any]]:
+    """The suite folder's readable records; a damaged one is named in a warning (and in ``damaged``)
+    and left out: the other runs and the table are unaffected (docs/reliability.md)."""
+    found: list[str] = []
+    records = load_run_records(suite_dir, damaged=found)
+    for line in found:
+        log.warning("damaged run record, left out of the table: %s", line)
+    if damaged is not None:
+        damaged.extend(found)
+    return records
+
+
+def report_suite(suite_dir: Path, damaged: list[str] | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, Path], list[str] | None]:
     """``python -m runs report``: rebuild the suite outputs from the run folders (records, written
     files, run order). The run order and W&B block come from ``.plan.json`` when present; the
-    suite-level W&B run is logged when a ``--no-wait`` invocation left it pending."""
-    records = load_run_records(suite_dir)
+    suite-level W&B run is logged when a ``--no-wait`` invocation left it pending. Damaged records
+    are left out and listed in ``damaged``."""
+    records = load_records(suite_dir, damaged)
     plan_file = read_plan(suite_dir) or {}
     order = plan_file.get("order")
     suite_references = plan_file.get("references") or {}
