@@ -91,7 +91,7 @@ def _positions(subset: Any, parent: Any) -> list[int]:
     return [where[g] for g in (sub._indices if sub._indices is not None else range(len(subset)))]
 
 
-def classifier_extras(model: torch.nn.Module) -> dict[str, Any]:
+def classifier_extras(model: Any) -> dict[str, Any]:
     """What a copied model carries besides its tensors and changes its forward: each module's
     train/eval mode (dropout draws), the classifier's active classes and prompt set (which text
     features are encoded, so how many random draws they take) and its cached text features.
@@ -114,7 +114,7 @@ def classifier_extras(model: torch.nn.Module) -> dict[str, Any]:
     return extras
 
 
-def load_classifier_extras(model: torch.nn.Module, extras: dict[str, Any]) -> None:
+def load_classifier_extras(model: Any, extras: dict[str, Any]) -> None:
     """Apply :func:`classifier_extras` to ``model`` (after its tensors were loaded)."""
     training = set(extras.get("training", []))
     for name, module in model.named_modules():
@@ -278,7 +278,8 @@ def load_plugin_states(plugins: list[Any], states: dict[str, Any], ctx: Context)
 # ---- RNG ---------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Every RNG a run draws from, as tensors and plain values (NumPy's keys as an int64 tensor)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)  # legacy=True: the (kind, keys, pos, has_gauss, cached) tuple
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),

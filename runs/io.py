@@ -88,7 +88,8 @@ def atomic_write(path: Path | str, write: Callable[[IO[Any]], None], *, binary: 
     try:
         _unlink_quietly(tmp)  # a leftover of a dead process with this pid, or a planted link
         fd = _open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        with open(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+        handle: IO[Any] = open(fd, "wb") if binary else open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        with handle as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -103,8 +104,14 @@ def atomic_write(path: Path | str, write: Callable[[IO[Any]], None], *, binary: 
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text))
+    def write(f: IO[Any]) -> None:
+        f.write(text)
+
+    return atomic_write(path, write)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    return atomic_write(path, lambda f: f.write(data), binary=True)
+    def write(f: IO[Any]) -> None:
+        f.write(data)
+
+    return atomic_write(path, write, binary=True)

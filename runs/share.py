@@ -47,6 +47,7 @@ from . import report as rep
 from .config import load_suite
 from .costs import cost_table_rows, format_cost_table
 from .io import atomic_write_text
+from .status import read_plan
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,17 @@ def load_suite_info(arg: str | Path, *, entity: str | None = None, project: str 
     the command line, then the suite YAML, then the last publication (``wandb_report.json``)."""
     suite_dir = rep.resolve_suite_dir(arg)
     records = rep.load_run_records(suite_dir)
-    name, run_order, cfg_project, cfg_entity = suite_dir.name, None, None, None
+    plan = read_plan(suite_dir) or {}  # a folder: the suite order (and references) its last `run` wrote
+    name, run_order, cfg_project, cfg_entity = plan.get("suite") or suite_dir.name, plan.get("order"), None, None
+    references = plan.get("references") or {}
     if Path(arg).is_file():
         suite = load_suite(arg)
         name, run_order = suite.name, [r.name for r in suite.runs]
         cfg_project, cfg_entity = suite.wandb.project, suite.wandb.entity
+        references = {r.name: r.reference for r in suite.runs}
+    for record in records:  # the reference the suite names now, not the folder's (it is not fingerprinted)
+        if record.get("name") in references:
+            record["reference"] = references[record["name"]]
     state = read_state(suite_dir)
     return SuiteInfo(suite_dir=suite_dir, name=name, records=records, run_order=run_order,
                      project=project or cfg_project or state.get("project") or DEFAULT_PROJECT,
@@ -223,7 +230,7 @@ def outline(report: Any, info: SuiteInfo, *, state: Mapping[str, Any] | None = N
         "project": report.project, "suite": info.name, "suite_dir": str(info.suite_dir),
         "run_ids": live_wandb_ids(info.records),
         "runs_without_wandb_id": [r["run_id"] for r in info.records if not r.get("wandb_id")],
-        "table": {"header": header, "rows": rows},
+        "table": {"header": header, "rows": rows, "caption": rep.table_caption(summaries)},
         "cost_table": dict(zip(("header", "rows"), cost_table_rows(summaries)[:2], strict=True)),
         "published": [{"run": c.run, "reference": c.key, "compared": c.compared, "reason": c.reason,
                        "rows": [dict(zip(("metric", "measured", "published", "difference"), row, strict=True))
@@ -361,10 +368,11 @@ def log_suite_run(suite_dir: Path, records: Sequence[dict[str, Any]], wandb_cfg:
     header, rows = rep.table_rows(summaries)
     run = wandb.init(project=wandb_cfg.get("project") or DEFAULT_PROJECT, entity=wandb_cfg.get("entity"),
                      group=wandb_cfg.get("group") or suite, name=f"{suite}-suite", id=run_id, resume="allow",
-                     job_type="suite", tags=unique_tags(wandb_cfg.get("tags") or [], ["suite"]), mode=mode,
+                     job_type="suite", tags=unique_tags(wandb_cfg.get("tags") or [], ["suite"]),
+                     mode=mode,  # type: ignore[arg-type]  # one of online | offline | disabled (checked)
                      dir=str(suite_dir), config={"suite": suite, "run_ids": live_wandb_ids(records)})
     try:
-        row: dict[str, Any] = {"suite/results": wandb.Table(columns=header, data=rows)}
+        row: dict[str, Any] = {"suite/results": wandb.Table(columns=list[str | int](header), data=rows)}
         for png in sorted(suite_dir.glob("*.png")):
             row[f"suite/{png.stem}"] = wandb.Image(str(png))
         run.log(row)

@@ -115,8 +115,8 @@ class WandBLogger(BaseLogger):
         self.run = wandb.init(
             project=project, entity=entity, name=name, group=group,
             tags=None if tags is None else list(tags), config=None if config is None else dict(config),
-            mode=mode, dir=None if dir is None else str(dir), id=run_id,
-            resume="allow" if resume is True else (resume or None), **init_kwargs,
+            mode=mode, dir=None if dir is None else str(dir), id=run_id,  # type: ignore[arg-type]
+            resume="allow" if resume is True else (resume or None), **init_kwargs,  # type: ignore[arg-type]
         )
         self.run.define_metric(STEP_METRIC)
         self.run.define_metric(EXPERIENCE_METRIC, step_metric=STEP_METRIC)
@@ -184,7 +184,7 @@ class WandBLogger(BaseLogger):
         for i, row in enumerate(matrix):
             if len(row) != len(col_labels):
                 raise ValueError(f"accuracy matrix row {i} has {len(row)} values, expected {len(col_labels)}")
-        columns = ["trained_on", *[str(c) for c in col_labels]]
+        columns: list[str | int] = ["trained_on", *[str(c) for c in col_labels]]
         data = [
             [str(label), *[None if v is None else float(v) for v in row]]
             for label, row in zip(row_labels, matrix, strict=True)
@@ -237,10 +237,10 @@ def _convert_tensor(value: torch.Tensor) -> Any | None:
     if value.numel() == 1:
         return value.item()
     if value.ndim == 2:  # (rows, cols), e.g. Avalanche's accuracy matrix
-        columns = ["row", *[str(j) for j in range(value.shape[1])]]
+        columns: list[str | int] = ["row", *[str(j) for j in range(value.shape[1])]]
         data = [[i, *row] for i, row in enumerate(value.float().tolist())]
         return wandb.Table(columns=columns, data=data)
-    return wandb.Histogram(value.float().flatten().numpy())
+    return wandb.Histogram(value.float().flatten().numpy())  # type: ignore[arg-type]  # arrays are accepted
 
 
 __all__ = ["WandBLogger", "STEP_METRIC", "EXPERIENCE_METRIC"]
