@@ -160,9 +160,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = _options(args)
     suite = _load(args)
     if args.online:
-        from .wandb_logger import login_problem
+        from .wandb_logger import login_problem, reach_problem
 
-        problem = login_problem()
+        problem = login_problem() or reach_problem()  # a key but no network: once, not ~90 s per run
         if problem:
             from .config import ConfigError
 

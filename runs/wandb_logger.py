@@ -29,6 +29,8 @@ import logging
 import netrc
 import numbers
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +68,28 @@ def login_problem() -> str | None:
         pass
     return (f"--online needs a W&B login and none is configured (no WANDB_API_KEY, no netrc entry for {host}): "
             f"run `wandb login`, or drop --online (nothing ran)")
+
+
+REACH_TIMEOUT_S = 5.0
+
+
+def reach_problem(timeout: float = REACH_TIMEOUT_S) -> str | None:
+    """Why ``run --online`` cannot reach the W&B host (``WANDB_BASE_URL``, default api.wandb.ai) within
+    ``timeout`` seconds, checked once before any work (proxies from the environment are used): without
+    it every run would wait ~90 s for ``wandb.init`` to give up. None when any HTTP answer comes back."""
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return None
+    except urllib.error.HTTPError as error:  # the host answered (401, 404, ...): reachable, unless a
+        if error.code not in (502, 504):  # proxy's gateway error says it could not reach the host
+            return None
+        reason: Any = error
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+    return (f"--online: the W&B host {url} cannot be reached within {timeout:g} s ({reason}): check the "
+            f"network or proxy, or drop --online (nothing ran)")
+
 
 STEP_METRIC = "trainer/step"  # x axis of every chart: Avalanche's x_plot
 EXPERIENCE_METRIC = "trainer/experience"  # count of finished training experiences
