@@ -298,6 +298,8 @@ def _summary(name: str, stream: str, runs: list[dict[str, Any]]) -> dict[str, An
         "wall_time_s": _mean_std([run.get("wall_time_s") for run in done])[0], "records": runs,
     }
     summary["n_failed"] = len(summary["failed_seeds"])
+    summary["setting"] = setting_of(first)
+    summary["rerun_changed"] = [run.get("seed") for run in runs if run.get("rerun_changed")]
     for key, _ in METRICS:
         mean, std = _mean_std([run["metrics"].get(key) for run in done])
         summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
@@ -339,14 +341,82 @@ def _needs_zero_shot_footnote(s: dict[str, Any]) -> bool:
     return s["method"] in ZERO_SHOT_METHODS and s["protocol"] == "seen" and bool(s["forgetting_mean"])
 
 
+# stream options that are not part of a row's setting (prompt templates; the name has its own column)
+_STREAM_NOT_SETTING = ("name", "train_templates", "eval_templates")
+RERUN_MARK = "†"
+RERUN_NOTE = ("{mark} Re-run with `--rerun-changed` ({names}): the table holds the new config's results; the "
+              "earlier folder is kept in `.superseded/` (the changed fields: the run's metrics.json, `rerun_changed`).")
+
+
+def _resolved_precision(record: Mapping[str, Any]) -> str | None:
+    """The precision the run computed in: its cost's machine, else ``train.precision`` (``auto``: bf16 on
+    CUDA, fp32 elsewhere, from the recorded device)."""
+    machine = (record.get("cost") or {}).get("machine") if isinstance(record.get("cost"), Mapping) else None
+    if isinstance(machine, Mapping) and machine.get("precision"):
+        return str(machine["precision"])
+    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    declared = refs.config_value(config, "train.precision")
+    if declared is refs.MISSING:
+        return None
+    if declared != "auto":
+        return str(declared)
+    device = str((record.get("provenance") or {}).get("device") or "")
+    if not device:  # a failed run records no provenance: its declared device, unless auto
+        declared_device = refs.config_value(config, "train.device")
+        device = "" if declared_device in (refs.MISSING, "auto") else str(declared_device)
+    return ("bf16" if device.startswith("cuda") else "fp32") if device else None
+
+
+def setting_of(record: Mapping[str, Any]) -> dict[str, str]:
+    """What a row's numbers were measured under besides method and model: the unit kind, the stream's
+    split / order / shots (its options but the prompt templates) and the precision."""
+    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    units = refs.config_value(config, "model.units.kind")
+    stream = config.get("stream") if isinstance(config.get("stream"), Mapping) else {}
+    options = ", ".join(f"{k} {_option_text(v)}" for k, v in stream.items()
+                        if k not in _STREAM_NOT_SETTING and v is not None)
+    precision = _resolved_precision(record)
+    setting = {"units": "" if units is refs.MISSING else str(units), "stream": options, "precision": precision or ""}
+    return {k: v for k, v in setting.items() if v}
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + " ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def _setting_text(setting: Mapping[str, str]) -> str:
+    return "; ".join(f"{k} {v}" for k, v in setting.items()) or "?"
+
+
+def shared_setting(summaries: Sequence[dict[str, Any]]) -> dict[str, str] | None:
+    """The setting every row shares (then shown once, in the caption), or None (a column per row)."""
+    measured = [s for s in summaries if s["n_seeds"]] or summaries  # a failed row may not know its precision
+    settings = [s.get("setting") or {} for s in measured]
+    return settings[0] if settings and all(x == settings[0] for x in settings) else None
+
+
+def table_caption(summaries: Sequence[dict[str, Any]]) -> str:
+    """``Setting of every row: units adapter; stream steps 10, ...; precision fp32`` ('' when rows differ)."""
+    shared = shared_setting(summaries)
+    return f"Setting of every row: {_setting_text(shared)}." if shared else ""
+
+
 def table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the suite table (also used by the W&B Report outline)."""
+    """Header and cells of the suite table (also used by the W&B Report outline): a Setting column
+    (unit kind, stream split / order / shots, precision) when rows differ in it, else the caption
+    (:func:`table_caption`) holds it; a run re-run with ``--rerun-changed`` carries ``†``."""
     metrics = _present_metrics(summaries)
-    header = ["Run", "Method", "Stream", "Model", "Seeds", *[title for _, title in metrics]]
+    per_row = shared_setting(summaries) is None
+    header = ["Run", "Method", "Stream", *(["Setting"] if per_row else []), "Model", "Seeds",
+              *[title for _, title in metrics]]
     rows = []
     for s in summaries:
         stream = f"{s['stream']} (subset)" if s["subset_data"] else s["stream"]
-        cells = [s["name"], str(s["method"]), stream, _model_cell(s), _seeds_cell(s)]
+        name = f"{s['name']} {RERUN_MARK}" if s.get("rerun_changed") else s["name"]
+        setting = [_setting_text(s.get("setting") or {})] if per_row else []
+        cells = [name, str(s["method"]), stream, *setting, _model_cell(s), _seeds_cell(s)]
         if not s["n_seeds"]:
             cells += ["failed"] * len(metrics)
         else:
@@ -407,6 +477,9 @@ def _notes(summaries: Sequence[dict[str, Any]]) -> list[str]:
     random_init = [f"{s['name']} on {s['stream']}" for s in summaries if s["random_weights"]]
     if random_init:
         notes.append(RANDOM_WEIGHTS_NOTE.format(names=", ".join(random_init)))
+    rerun = [f"{s['name']} seed {', '.join(map(str, s['rerun_changed']))}" for s in summaries if s.get("rerun_changed")]
+    if rerun:
+        notes.append(RERUN_NOTE.format(mark=RERUN_MARK, names="; ".join(rerun)))
     return notes
 
 
@@ -418,8 +491,9 @@ def format_table(records: Sequence[dict[str, Any]], *, run_order: Sequence[str] 
     if not summaries:
         return "_No runs._\n"
     header, rows = table_rows(summaries)
-    lines = _markdown_table(header, rows, 5)
-    text = "\n".join(lines) + "\n\n" + "\n\n".join(_notes(summaries)) + "\n"
+    lines = _markdown_table(header, rows, header.index("Seeds") + 1)
+    caption = table_caption(summaries)
+    text = (caption + "\n\n" if caption else "") + "\n".join(lines) + "\n\n" + "\n\n".join(_notes(summaries)) + "\n"
     return text + format_comparisons(compare_with_references(summaries, references))
 
 
@@ -608,7 +682,9 @@ __all__ = [
     "plot_accuracy_per_step",
     "plot_matrix",
     "resolve_suite_dir",
+    "setting_of",
     "summarize_runs",
+    "table_caption",
     "table_rows",
     "write_results",
 ]

@@ -98,6 +98,7 @@ class RunSession:
         self.config = self.key.config
         self.fingerprint = self.key.fingerprint
         self.experience: int | None = None
+        self.replaces: dict[str, Any] | None = None  # --rerun-changed: the superseded folder and the changes
         self.wandb: WandBLogger | None = None
 
     # ---- building ------------------------------------------------------------------------------
@@ -372,6 +373,7 @@ class RunSession:
             "matrix": rows, "zero_shot_row": zero_shot, "wall_time_s": cost["wall_time_s"], "cost": cost,
             "fingerprint": self.fingerprint, "wandb_id": self.wandb.run_id, "reference": self.run.reference,
             "provenance": self.provenance | {"end": _now()},
+            **({"rerun_changed": self.replaces} if self.replaces else {}),
         }
         labels = [f"after {n}" for n in bench.experience_names]
         full = ([zero_shot] if zero_shot is not None else []) + rows

@@ -129,6 +129,7 @@ def run_job(job: Job, on_prepared: Callable[[Path], None] | None = None) -> JobR
     try:
         folder = RunFolder(key.folder)
         state = key.state(None)
+        replaces: dict | None = None
         if state.status == "finished":
             result.status = "skipped"
             result.reason = f"{job.run_id}: finished meanwhile by another worker"
@@ -138,10 +139,13 @@ def run_job(job: Job, on_prepared: Callable[[Path], None] | None = None) -> JobR
                 result.status = "refused" if state.status == "changed" else "failed"
                 result.reason = f"{job.run_id}: {state.status} meanwhile (see {folder.path})"
                 return result
-            folder.supersede((folder.meta() or {}).get("fingerprint", "nofingerprint"))
+            moved = folder.supersede((folder.meta() or {}).get("fingerprint", "nofingerprint"))
+            if state.status == "changed":  # the table marks the new result as a --rerun-changed one
+                replaces = {"superseded": str(moved), "changes": state.changes}
         log.info("%s: started on %s pid %d (%s torch threads)", job.run_id, result.host, result.pid, threads)
         session = RunSession(job.suite, job.run, job.seed, online=job.online, verbose=job.verbose,
                              progress=job.progress, key=key)
+        session.replaces = replaces
         if on_prepared is not None:
             session.prepare()
             on_prepared(session.out)
