@@ -10,7 +10,9 @@ on POSIX within one file system). A failed write removes its temporary file and 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +29,9 @@ class OutputError(OSError):
 def _describe(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
         return "no space left on device"
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if error.errno == errno.EROFS:
+        return "read-only file system"
+    if error.errno in (errno.EACCES, errno.EPERM):
         return "permission denied (read-only folder?)"
     if error.errno in (errno.ENOTDIR, errno.EEXIST):
         return "a file stands where a folder belongs"
@@ -115,3 +119,40 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
         f.write(data)
 
     return atomic_write(path, write, binary=True)
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def full_disk(error: BaseException | None) -> OSError | None:
+    """The ``OSError`` of a full disk or an exceeded quota in ``error``'s chain (cause, context), or None:
+    a run that meets one is stopped, not marked failed — its last checkpoint resumes (docs/reliability.md)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in FULL_DISK:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class LogFileHandler(logging.StreamHandler):
+    """A run's ``log.txt`` handler: the first write that fails (full disk, read-only file system) is one
+    line on stderr and later records are dropped — never a "--- Logging error ---" traceback per record."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(open_append(path))  # no symbolic link followed
+        self.path, self.broken = Path(path), False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        if not self.broken:
+            self.broken = True
+            sys.stderr.write(f"warning: {output_error(self.path, error)}; further log lines are dropped\n")

@@ -11,6 +11,7 @@ atomically (:mod:`runs.io`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -43,7 +44,7 @@ from .errors import MachineError, RefusedError, RunFailed
 from .fingerprint import machine_facts, provenance, resolve_precision
 from .folders import RunFolder, quarantine, read_json, refuse_symlink
 from .guards import FiniteGuard
-from .io import atomic_write_text, open_append
+from .io import LogFileHandler, atomic_write_text, full_disk, open_append
 from .metrics import seen_accuracy_per_step, summarize
 from .runkey import RunKey
 from .wandb_logger import WandBLogger
@@ -213,7 +214,7 @@ class RunSession:
         atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2, default=str))
 
     def _attach_log(self) -> logging.StreamHandler:
-        handler = logging.StreamHandler(open_append(self.out / "log.txt"))
+        handler = LogFileHandler(self.out / "log.txt")  # a full disk: one line, not one traceback per record
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
         return handler
@@ -248,6 +249,10 @@ class RunSession:
             self._close(exit_code=1, status="interrupted")
             raise
         except Exception as error:
+            if full_disk(error) is not None:  # not the run's fault: no failed.json, the last checkpoint resumes
+                self._stop_on_full_disk()
+                raise RunFailed(f"{self.run_id}: stopped: {_one_line(full_disk(error))}; not marked failed: the "
+                                f"last checkpoint is kept and the same command resumes once space is freed") from None
             reason = _one_line(error)
             self._mark_failed(reason, error)
             self._close(exit_code=1, status="failed")
@@ -271,6 +276,15 @@ class RunSession:
             cost.close()
             fields["cost"] = cost.session_cost(time.time() - self._started)
         self._record_session(**fields)
+
+    def _stop_on_full_disk(self) -> None:
+        """Close W&B and the log quietly (they cannot write either) and record the session if space allows."""
+        if self.wandb is not None:  # its teardown on the full disk: the cause is told once, by the caller
+            with contextlib.suppress(Exception):
+                self.wandb.finish(exit_code=1)
+            self.wandb = None
+        with contextlib.suppress(Exception):
+            self._close(exit_code=1, status="interrupted")
 
     def _mark_failed(self, reason: str, error: BaseException) -> None:
         # the traceback goes to log.txt only; the console gets the one line the executor prints

@@ -90,3 +90,135 @@ def test_run_online_with_a_key_but_an_unreachable_wandb_host_fails_once_before_a
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "127.0.0.1:1" in err[0] and "--online" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def _read_only(monkeypatch, root):
+    """Writes under ``root`` fail as on a read-only mount (EROFS); reads and existing folders work (as
+    ``chmod`` would do, which root ignores)."""
+    import builtins
+    import errno
+
+    real_open, real_mkdir, real_bopen = os.open, os.mkdir, builtins.open
+    real_replace, real_rename = os.replace, os.rename
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def refuse(path):
+        if str(path).startswith(str(root)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def fake_open(path, flags, *args, **kwargs):
+        if flags & writing:
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if not os.path.exists(path):
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def fake_bopen(file, mode="r", *args, **kwargs):
+        if isinstance(file, str | Path) and any(c in mode for c in "wax+"):
+            refuse(file)
+        return real_bopen(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+    monkeypatch.setattr(os, "replace", lambda a, b, *x, **k: (refuse(a), real_replace(a, b, *x, **k))[1])
+    monkeypatch.setattr(os, "rename", lambda a, b, *x, **k: (refuse(a), real_rename(a, b, *x, **k))[1])
+    monkeypatch.setattr(builtins, "open", fake_bopen)
+
+
+@pytest.mark.parametrize("command", ["run", "run-changed", "report", "status"])
+def test_a_read_only_output_folder_is_one_line_naming_it(tmp_path, capsys, monkeypatch, command):
+    path = write_suite(tmp_path)
+    assert main(["run", str(path)]) == 0
+    (_folder(tmp_path) / "metrics.json").write_bytes(b"{torn")  # status must not move it aside
+    out = tmp_path / "out"
+    capsys.readouterr()
+    _read_only(monkeypatch, out)
+    argv = {"run": ["run", str(path)], "run-changed": ["run", str(path), "--set", "train.lr=0.02", "--rerun-changed"],
+            "report": ["report", str(out / "tiny")], "status": ["status", str(path)]}[command]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    if command == "status":  # never writes
+        assert code == 0 and (_folder(tmp_path) / "metrics.json").read_bytes() == b"{torn"
+        return
+    err = [line for line in captured.err.splitlines() if not line.startswith(("INFO", "WARNING"))]
+    assert code == 2 and len(err) == 1 and "read-only file system" in err[0] and str(out) in err[0], captured.err
+
+
+def test_the_log_handler_tells_a_full_disk_once(tmp_path, capsys):
+    import errno
+    import logging
+
+    from runs.io import LogFileHandler
+
+    handler = LogFileHandler(tmp_path / "log.txt")
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    handler.stream.close()
+    handler.stream = type("Full", (), {"write": no_space, "flush": no_space, "close": lambda self: None})()
+    logger = logging.getLogger("test_faults_21_rest.full")
+    logger.addHandler(handler)
+    try:
+        for i in range(200):
+            logger.warning("line %d", i)
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and err.count("no space left on device") == 1, err
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_run_resumable(tmp_path, capsys, monkeypatch):
+    """The disk fills while the second checkpoint is written (and the log can no longer be appended):
+    the run stops with one line, is not marked failed, keeps the first checkpoint, and the next run
+    resumes to the numbers of an uninterrupted run."""
+    import errno
+
+    from runs import checkpoint, io, session
+
+    reference = write_suite(tmp_path, name="reference.yaml")
+    reference.write_text(reference.read_text().replace(str(tmp_path / "out"), str(tmp_path / "ref")))
+    assert main(["run", str(reference), "--only", "naive"]) == 0
+    path = write_suite(tmp_path)
+    real_save, real_fsync, real_append, calls = checkpoint.save, os.fsync, io.open_append, []
+    full = {"now": False}
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    class Stream:  # log.txt: appends fail once the disk is full
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def write(self, text):
+            return no_space() if full["now"] else self.inner.write(text)
+
+    def save(*args, **kwargs):
+        calls.append(1)
+        full["now"] = len(calls) >= 2
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    monkeypatch.setattr(os, "fsync", lambda fd: no_space() if full["now"] else real_fsync(fd))
+    monkeypatch.setattr(io, "open_append", lambda p: Stream(real_append(p)))
+    monkeypatch.setattr(session, "open_append", lambda p: Stream(real_append(p)))
+    capsys.readouterr()
+    assert main(["run", str(path), "--only", "naive"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err and "no space left on device" in err, err
+    assert len([line for line in err.splitlines() if not line.startswith("INFO")]) <= 3, err
+    folder = _folder(tmp_path)
+    assert (folder / "checkpoint.pt").is_file() and not (folder / "failed.json").exists()
+    monkeypatch.undo()
+    assert main(["run", str(path), "--only", "naive"]) == 0
+    assert "resuming at experience 1" in capsys.readouterr().err
+    got = json.loads((folder / "metrics.json").read_text())
+    want = json.loads((tmp_path / "ref" / "tiny" / "naive-seed0" / "metrics.json").read_text())
+    assert got["matrix"] == want["matrix"] and got["metrics"] == want["metrics"]
