@@ -24,7 +24,7 @@ from strategies.options import help_of, range_of
 from strategies.registry import METHODS
 from strategies.training import TrainConfig
 
-from .config import EvalConfig, LauncherConfig, WandbConfig
+from .config import MAX_INT, EvalConfig, LauncherConfig, WandbConfig
 
 MARKDOWN_PAGE = "docs/reference/options.md"  # the committed output of format_markdown()
 
@@ -190,7 +190,8 @@ def format_markdown(methods: Mapping[str, Any] | None = None, streams: Mapping[s
         "Every key a suite YAML accepts below `method:`, `stream:`, `model:`, `train:`, `eval:`, `wandb:` and "
         "`launcher:`, with its default. *Range* is the interval a number must lie in (`[` `]` inclusive, "
         "`(` `)` exclusive; applied to each item of a list or mapping); an int option without a declared "
-        "range must be >= 0. A method's training recipe replaces `train.*` defaults for that method; "
+        f"range must be >= 0, and every int of a suite (seeds included) at most 2^32 − 1 = {MAX_INT}. A "
+        "method's training recipe replaces `train.*` defaults for that method; "
         "precedence: defaults < method recipe < `defaults:` < the run's entry < `--set`.", "",
     ]
     lines += _md_components("Methods", "method", methods)

@@ -222,3 +222,11 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_run_resumable(tmp_path, capsys, m
     got = json.loads((folder / "metrics.json").read_text())
     want = json.loads((tmp_path / "ref" / "tiny" / "naive-seed0" / "metrics.json").read_text())
     assert got["matrix"] == want["matrix"] and got["metrics"] == want["metrics"]
+
+
+# ---- item 8: the upper bound of every int is stated where the ranges are -----------------------------
+def test_the_option_reference_states_the_upper_bound_of_every_int():
+    from runs.config import MAX_INT
+    from runs.listing import format_markdown
+
+    assert f"at most 2^32 − 1 = {MAX_INT}" in format_markdown() and MAX_INT == 2**32 - 1
