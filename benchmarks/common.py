@@ -98,10 +98,27 @@ class ImageFileDataset(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        from PIL import Image
+        return open_rgb(self.paths[index]), self.targets[index]
 
-        with Image.open(self.paths[index]) as img:
-            return img.convert("RGB"), self.targets[index]
+
+class CorruptImageError(ValueError):
+    """An image file does not decode (truncated, not an image); the message names the file."""
+
+
+def open_rgb(path: str):
+    """The image at ``path`` as a decoded RGB PIL image; a file that does not decode raises
+    :class:`CorruptImageError` naming it (PIL's own error names no file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+            rgb.load()
+            return rgb
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's decode errors (a truncated JPEG: OSError)
+        raise CorruptImageError(f"{path}: the image does not decode ({type(error).__name__}: {error}); re-extract "
+                                f"or re-download the dataset (`python -m runs data check` lists the bad files)"
+                                ) from None
 
 
 def download_and_extract(url: str, dest_dir: str) -> None:

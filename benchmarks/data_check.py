@@ -8,15 +8,23 @@ folders of ``../shared/data``: a run is allowed and marked so in its provenance 
 **missing** or **corrupt**.
 
 ``check_stream(name, data_root, cfg)`` follows the stream's options (MTIL: its order and ``datasets``
-selection); it only lists folders, counts files, reads small annotation files / headers and decodes two
-images per dataset (the first and one drawn with a fixed seed); it never downloads. A relative
-``data_root`` is relative to the working directory (:func:`resolve_root`), like ``output_dir``.
+selection); it only lists folders, counts files, reads small annotation files / headers, checks that
+every class folder exists and holds an image (a missing or empty one is ``corrupt``, named) and decodes two
+images per image folder (the first and one drawn with a fixed seed); it never downloads. Under
+:func:`thorough` (``runs data check``) it also reads the end of every listed image (a JPEG's end-of-image
+marker, a PNG's ``IEND``: a truncated file lacks it) and fully decodes each file that fails it and a sample
+of up to :data:`DECODE_SAMPLE` per image folder (the first and the rest drawn with seed 0), naming each
+file that does not decode. A relative ``data_root`` is relative to the working directory
+(:func:`resolve_root`), like ``output_dir``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +32,18 @@ Status = Literal["present", "incomplete", "missing", "corrupt"]
 Verdict = Literal["complete", "subset", "missing", "corrupt"]
 VERDICTS: tuple[Verdict, ...] = ("complete", "subset", "missing", "corrupt")  # in increasing severity
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+DECODE_SAMPLE = 32  # images fully decoded per image folder by `runs data check` (besides the suspects)
+_THOROUGH = contextvars.ContextVar("data_check_thorough", default=False)
+
+
+@contextlib.contextmanager
+def thorough() -> Iterator[None]:
+    """Inside, image folders are checked file by file (end markers, a decoded sample): ``runs data check``."""
+    token = _THOROUGH.set(True)
+    try:
+        yield
+    finally:
+        _THOROUGH.reset(token)
 
 
 @dataclass
@@ -68,9 +88,60 @@ def check_images(dataset: str, folder: str, expected: int | None, exclude: tuple
     # fewer files than the official release: a subset (e.g. ../shared/data) or an interrupted extraction
     status: Status = "present" if expected is None or len(files) >= expected else "incomplete"
     rows = [CheckLine(dataset, folder, status, count)]
+    if _THOROUGH.get():
+        return rows + _check_every_image(dataset, folder, files)
     for path in dict.fromkeys([files[0], random.Random(0).choice(files)]):
         err = _decode(path)
         rows.append(CheckLine(dataset, path, "corrupt" if err else "present", err or "decodes"))
+    return rows
+
+
+def _ends_whole(path: str) -> bool:
+    """The file ends as a whole image does: a JPEG's end-of-image marker, a PNG's ``IEND`` chunk."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64))
+            tail = f.read()
+    except OSError:
+        return False
+    return (b"IEND" if path.lower().endswith(".png") else b"\xff\xd9") in tail
+
+
+def _check_every_image(dataset: str, folder: str, files: list[str]) -> list[CheckLine]:
+    """``runs data check``: the end of every file read; suspects and a sample of :data:`DECODE_SAMPLE`
+    decoded; one ``corrupt`` row per file that does not decode, then one row saying what was checked."""
+    suspects = [path for path in files if not _ends_whole(path)]
+    sample = [files[0]] + random.Random(0).sample(files[1:], min(len(files), DECODE_SAMPLE) - 1)
+    decode = list(dict.fromkeys(suspects + sample))
+    rows = []
+    for path in decode:
+        err = _decode(path)
+        if err:
+            rows.append(CheckLine(dataset, path, "corrupt", err))
+    good = len(decode) - len(rows)
+    rows.append(CheckLine(dataset, f"{folder} (decoding)", "present",  # what was checked; bad files: above
+                          f"end of all {len(files)} files read; {len(decode)} decoded (the first, "
+                          f"{len(sample) - 1} drawn with seed 0, {len(suspects)} without an end marker): "
+                          f"{good} decode"))
+    return rows
+
+
+def check_class_folders(dataset: str, folder: str, expected: list[str] | None = None,
+                        exclude: tuple[str, ...] = ()) -> list[CheckLine]:
+    """Every class folder (``expected``, else each sub-folder of ``folder`` but ``exclude``) exists and
+    holds at least one image: one ``corrupt`` row naming each missing or empty class (an interrupted
+    extraction; a run would fail on its class order)."""
+    if not os.path.isdir(folder):
+        return []  # the image rows say the folder is absent
+    present = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and d not in exclude)
+    classes = expected if expected is not None else present
+    rows = [CheckLine(dataset, os.path.join(folder, c), "corrupt", "class folder absent (the class list names it)")
+            for c in classes if c not in present]
+    rows += [CheckLine(dataset, os.path.join(folder, c), "corrupt", "class folder holds no image")
+             for c in classes if c in present and not _image_files(os.path.join(folder, c))]
+    if not rows:
+        rows = [CheckLine(dataset, f"{folder} (classes)", "present", f"{len(classes)} class folders, each with images")]
     return rows
 
 
@@ -125,6 +196,10 @@ def check_tinyimagenet(root: str) -> list[CheckLine]:
         n = _count_lines(os.path.join(folder, "val", "val_annotations.txt"))
         rows.append(CheckLine(ds, "val_annotations.txt", "present" if n == 10000 else "corrupt",
                               f"{n} labels (expected 10000)"))
+    wnids = os.path.join(folder, "wnids.txt")
+    if os.path.isfile(wnids):
+        with open(wnids) as f:
+            rows += check_class_folders(ds, os.path.join(folder, "train"), [w.strip() for w in f if w.strip()])
     rows += check_images(ds, os.path.join(folder, "train"), 100_000)
     rows += check_images(ds, os.path.join(folder, "val", "images"), 10_000)
     return rows
@@ -140,6 +215,7 @@ def check_imagenet_r(root: str) -> list[CheckLine]:
         absent = sum(not os.path.isfile(os.path.join(folder, rel)) for rel in listed)
         rows.append(CheckLine(ds, "test split (coda)", "present" if absent == 0 else "corrupt",
                               f"{len(listed) - absent} of {len(listed)} listed test images present"))
+        rows += check_class_folders(ds, folder, sorted({rel.split("/")[0] for rel in listed}))
     return rows
 
 
@@ -202,10 +278,28 @@ def check_mtil_dataset(name: str, root: str) -> list[CheckLine]:
     rows = check_files(ds, root, files)
     img_rows = check_images(ds, os.path.join(root, folder), expected,
                             exclude=("BACKGROUND_Google",) if name == "Caltech101" else ())
+    if name in _CLASS_FOLDERS:
+        rows += check_class_folders(ds, os.path.join(root, _CLASS_FOLDERS[name]), _expected_classes(name),
+                                    exclude=("BACKGROUND_Google",))
     if name == "Caltech101" and os.path.isdir(os.path.join(root, folder)):
         n = len([d for d in os.listdir(os.path.join(root, folder)) if d != "BACKGROUND_Google"])
         rows.append(CheckLine(ds, "categories", "present" if n == 101 else "corrupt", f"{n} (expected 101)"))
     return rows + img_rows
+
+
+# MTIL datasets stored one folder per class: dataset -> that folder under the root
+_CLASS_FOLDERS = {"Caltech101": "caltech101/101_ObjectCategories", "DTD": "dtd/dtd/images",
+                  "EuroSAT": "eurosat/2750", "Food101": "food-101/images"}
+
+
+def _expected_classes(name: str) -> list[str] | None:
+    """The class folders a dataset must hold where the loader fixes them (EuroSAT's ten); else None:
+    the folders present, each of which must hold an image."""
+    if name == "EuroSAT":
+        from .mtil import EUROSAT_FOLDERS
+
+        return list(EUROSAT_FOLDERS)
+    return None
 
 
 def resolve_root(data_root: str | os.PathLike[str]) -> str:

@@ -24,6 +24,7 @@ listings are read at build time; image bytes are read when a sample is indexed.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from torch.utils.data import Dataset
 from strategies.options import COUNT, option
 
 from .base import CLIPBenchmark, DatasetMissingError, StreamContext, fill_templates
-from .common import clean_class_name
+from .common import CorruptImageError, clean_class_name
 from .templates import check_mtil_choice, mtil_templates
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,28 @@ class OffsetSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, index: int):
-        img = self.base[self.indices[index]][0]
-        return img.convert("RGB"), self.targets[index]  # MNIST / some Caltech images are grayscale
+        i = self.indices[index]
+        try:
+            img = self.base[i][0]
+            return img.convert("RGB"), self.targets[index]  # MNIST / some Caltech images are grayscale
+        except (OSError, SyntaxError) as error:  # PIL's decode errors name no file: name it
+            raise CorruptImageError(f"{sample_name(self.base, i)}: the image does not decode ({type(error).__name__}: "
+                                    f"{error}); re-extract or re-download the dataset (`python -m runs data check`)"
+                                    ) from None
+
+
+def sample_name(base: Any, index: int) -> str:
+    """The file of sample ``index`` of a torchvision dataset, where it keeps a list of them (else
+    '<dataset> sample <index>')."""
+    for attr in ("samples", "imgs", "_samples", "_image_files", "_images", "_image_paths"):
+        items = getattr(base, attr, None)
+        if isinstance(items, list | tuple) and 0 <= index < len(items):
+            item = items[index]
+            return str(item[0] if isinstance(item, tuple | list) else item)
+    if hasattr(base, "index") and hasattr(base, "y") and hasattr(base, "categories"):  # Caltech101
+        category, number = base.categories[base.y[index]], base.index[index]
+        return os.path.join(base.root, "101_ObjectCategories", category, f"image_{number:04d}.jpg")
+    return f"{type(base).__name__} sample {index}"
 
 
 def base_targets(ds: Any) -> list[int]:

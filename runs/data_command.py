@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from benchmarks.data_check import check_stream, format_report, stream_datasets
+from benchmarks.data_check import check_stream, format_report, stream_datasets, thorough
 from benchmarks.download import download_stream, format_downloads, usable
 
 from .config import load_suite
@@ -82,7 +82,8 @@ def check(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     ok = True
     for stream, cfg, root in found:
-        lines = check_stream(stream, root, cfg)
+        with thorough():  # every image's end read, a sample decoded, each bad file named
+            lines = check_stream(stream, root, cfg)
         if len(found) > 1 or cfg is not None:
             print(_title(stream, cfg))
         print(format_report(lines, root))

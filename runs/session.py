@@ -412,6 +412,8 @@ def running_transfer(rows: list[list[float]]) -> float:
 
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
+    if len(text) > 1 and text[0].startswith("Caught ") and "DataLoader worker" in text[0]:
+        text = text[-1:]  # the worker's own error (e.g. the image file that does not decode)
     return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
 
 

@@ -230,3 +230,109 @@ def test_the_option_reference_states_the_upper_bound_of_every_int():
     from runs.listing import format_markdown
 
     assert f"at most 2^32 − 1 = {MAX_INT}" in format_markdown() and MAX_INT == 2**32 - 1
+
+
+# ---- item 9: damaged data is named -------------------------------------------------------------------
+def _tiny_imagenet(root: Path, classes: int = 3, per_class: int = 4) -> Path:
+    """A TinyImageNet layout with a few real 8x8 JPEGs per class."""
+    from PIL import Image
+
+    folder = root / "tiny-imagenet-200"
+    wnids = [f"n{i:08d}" for i in range(classes)]
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (folder / "words.txt").write_text("".join(f"{w}\tthing {i}\n" for i, w in enumerate(wnids)))
+    lines = []
+    for i, wnid in enumerate(wnids):
+        (folder / "train" / wnid / "images").mkdir(parents=True)
+        for k in range(per_class):
+            color = (40 * i, 20 * k, 100)
+            Image.new("RGB", (8, 8), color).save(folder / "train" / wnid / "images" / f"{wnid}_{k}.JPEG")
+            Image.new("RGB", (8, 8), color).save(folder / "val" / "images" / f"val_{i}_{k}.JPEG")
+            lines.append(f"val_{i}_{k}.JPEG\t{wnid}\t0\t0\t8\t8\n")
+    (folder / "val" / "val_annotations.txt").write_text("".join(lines))
+    return folder
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_jpeg_fails_the_read_naming_the_file(tmp_path):
+    from benchmarks.common import CorruptImageError, ImageFileDataset
+    from runs.session import _one_line
+
+    folder = _tiny_imagenet(tmp_path, classes=1, per_class=2)
+    good, bad = sorted((folder / "train" / "n00000000" / "images").iterdir())
+    _truncate(bad)
+    dataset = ImageFileDataset([str(good), str(bad)], [0, 0])
+    assert dataset[0][0].size == (8, 8)
+    with pytest.raises(CorruptImageError, match=f"{bad}: the image does not decode"):
+        dataset[1]
+    # through DataLoader workers the first line is torch's "Caught ... in DataLoader worker": the file still shows
+    wrapped = CorruptImageError(f"Caught CorruptImageError in DataLoader worker process 0.\nTraceback ...\n"
+                                f"benchmarks.common.CorruptImageError: {bad}: the image does not decode")
+    assert str(bad) in _one_line(wrapped)
+
+
+def _eurosat(root: Path, per_class: int = 2) -> Path:
+    """MTIL's EuroSAT layout (``eurosat/2750/<ClassName>/*.jpg``) with a few real 8x8 JPEGs per class."""
+    from PIL import Image
+
+    from benchmarks.mtil import EUROSAT_FOLDERS
+
+    folder = root / "eurosat" / "2750"
+    for i, name in enumerate(EUROSAT_FOLDERS):
+        (folder / name).mkdir(parents=True)
+        for k in range(per_class):
+            Image.new("RGB", (8, 8), (20 * i, 50 * k, 90)).save(folder / name / f"{name}_{k}.jpg")
+    return folder
+
+
+def _damage(folder: Path) -> Path:
+    """Truncate one image of Forest, empty River, remove SeaLake; return the truncated file."""
+    import shutil
+
+    bad = folder / "Forest" / "Forest_1.jpg"
+    _truncate(bad)
+    for image in (folder / "River").iterdir():
+        image.unlink()
+    shutil.rmtree(folder / "SeaLake")
+    return bad
+
+
+def test_data_check_names_a_truncated_file_and_a_missing_or_empty_class(tmp_path, capsys):
+    folder = _eurosat(tmp_path)
+    argv = ["data", "check", "mtil", "--datasets", "EuroSAT", "--data-root", str(tmp_path)]
+    assert main(argv) == 0
+    assert "end of all 20 files read; 20 decoded" in capsys.readouterr().out  # the stated sample: all 20 here
+    bad = _damage(folder)
+    assert main(argv) == 1
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    named = {row[1]: " ".join(row[2:]) for row in rows if len(row) > 2}
+    assert named[str(bad)].startswith("corrupt OSError:") and "runcated" in named[str(bad)], named
+    assert named[str(folder / "River")] == "corrupt class folder holds no image"
+    assert named[str(folder / "SeaLake")] == "corrupt class folder absent (the class list names it)"
+
+
+def test_the_pre_run_check_names_a_missing_or_empty_class_folder(tmp_path):
+    from runs.config import load_suite
+    from runs.machine import check_machine
+
+    _damage(_eurosat(tmp_path / "data"))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"""
+name: eurosat
+output_dir: {tmp_path / "out"}
+defaults:
+  model: {{arch: clip-tiny, pretrained: none}}
+  stream: {{name: mtil, datasets: [EuroSAT]}}
+  train: {{device: cpu}}
+  data_root: {tmp_path / "data"}
+  download: true
+runs:
+  - method: naive
+""")
+    problems = " | ".join(check_machine(load_suite(suite).runs[0]))
+    assert "River corrupt" in problems and "SeaLake corrupt" in problems, problems
