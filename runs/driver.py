@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,9 +60,23 @@ class SuiteOutcome:
         return 1 if self.failed or self.busy else 0
 
 
-def run_suite(suite: SuiteConfig, options: ExecutorOptions | None = None, *, online: bool = False,
-              only: list[str] | None = None, rerun_changed: bool = False, rerun_failed: bool = False,
-              fail_fast: bool = False, verbose: bool = False) -> SuiteOutcome:
+def run_suite(suite: SuiteConfig, options: ExecutorOptions | None = None, **kwargs: Any) -> SuiteOutcome:
+    """:func:`_run_suite` with ``HF_HUB_OFFLINE=1`` while it runs when no run needs the hub
+    (:func:`offline_hub_default`); the variable is restored afterwards."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    offline_hub_default(suite)
+    try:
+        return _run_suite(suite, options, **kwargs)
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
+def _run_suite(suite: SuiteConfig, options: ExecutorOptions | None = None, *, online: bool = False,
+               only: list[str] | None = None, rerun_changed: bool = False, rerun_failed: bool = False,
+               fail_fast: bool = False, verbose: bool = False) -> SuiteOutcome:
     """Run every selected (run, seed) not finished yet with ``options.executor`` (default: serial),
     then write the suite outputs.
 
@@ -104,6 +119,16 @@ def run_suite(suite: SuiteConfig, options: ExecutorOptions | None = None, *, onl
                             wandb=dataclasses.asdict(suite.wandb), mode=mode,
                             log_run=bool(outcome.finished or outcome.failed or pending))
     return outcome
+
+
+def offline_hub_default(suite: SuiteConfig) -> bool:
+    """``HF_HUB_OFFLINE=1`` (unless set) when no run needs the Hugging Face hub: every run's weights are
+    ``none`` (random init) or a local file. Workers inherit it; docs/quickstart.md (offline use)."""
+    local = all(str(run.model.pretrained) in ("none", "") or Path(str(run.model.pretrained)).is_file()
+                for run in suite.runs)
+    if local:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return local
 
 
 def account_skips(outcome: SuiteOutcome, planned: list[Planned]) -> None:

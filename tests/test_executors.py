@@ -23,9 +23,9 @@ from runs.__main__ import main
 from runs.config import ConfigError, load_suite
 from runs.executors import ExecutorOptions, check_options
 from runs.executors.local import workers_and_gpus
-from runs.fingerprint import fingerprint
 from runs.lock import lock_path, read_lock
-from runs.runner import plan, run_config
+from runs.runkey import RunKey
+from runs.runner import plan
 from runs.status import run_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def _follow(cmd: list[str], out: Path, kill: int | None = None, env: dict | None
     """Run ``python -m runs ...``; poll the status of lwf; once naive has a checkpoint, send ``kill`` to
     the process holding naive's lock. Returns (output, lwf states seen, the pid signalled)."""
     suite = load_suite(SMOKE, SETS, only=ONLY, output_dir=str(out))
-    fps = {f"{r.name}-seed0": fingerprint(run_config(r, 0)) for r in suite.runs if r.name in ONLY}
+    fps = {f"{r.name}-seed0": RunKey.of(suite, r, 0).fingerprint for r in suite.runs if r.name in ONLY}
     proc = subprocess.Popen([sys.executable, "-m", "runs", *cmd, "--output-dir", str(out)], cwd=ROOT,
                             env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen, signalled = set(), None

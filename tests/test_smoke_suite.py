@@ -24,7 +24,7 @@ def _smoke(tmp_path, overrides=()):
 def test_smoke_suite_end_to_end(tmp_path):
     suite = _smoke(tmp_path)
     records = run_suite(suite).records
-    assert sorted(r["name"] for r in records) == ["ewc", "lwf", "naive", "replay", "zeroshot"]
+    assert sorted(r["name"] for r in records) == ["condu", "ewc", "lwf", "mozo", "naive", "replay", "zeroshot"]
     suite_dir = tmp_path / "outputs" / "smoke"
     for name in ("results.md", "results.csv", "runs.csv", "accuracy_per_step.png"):
         assert (suite_dir / name).stat().st_size > 0, name
