@@ -390,32 +390,43 @@ def _setting_text(setting: Mapping[str, str]) -> str:
     return "; ".join(f"{k} {v}" for k, v in setting.items()) or "?"
 
 
-def shared_setting(summaries: Sequence[dict[str, Any]]) -> dict[str, str] | None:
-    """The setting every row shares (then shown once, in the caption), or None (a column per row)."""
-    measured = [s for s in summaries if s["n_seeds"]] or summaries  # a failed row may not know its precision
+def _settings(summaries: Sequence[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
+    """The setting parts every measured row shares, and the parts (keys) in which rows differ."""
+    measured = [s for s in summaries if s["n_seeds"]] or list(summaries)  # a failed row may lack its precision
     settings = [s.get("setting") or {} for s in measured]
-    return settings[0] if settings and all(x == settings[0] for x in settings) else None
+    keys = list(dict.fromkeys(k for x in settings for k in x))
+    common = {k: settings[0][k] for k in keys if all(k in x and x[k] == settings[0][k] for x in settings)}
+    return common, [k for k in keys if k not in common]
+
+
+def shared_setting(summaries: Sequence[dict[str, Any]]) -> dict[str, str] | None:
+    """The setting every row shares (then shown once, in the caption), or None when rows differ."""
+    common, varying = _settings(summaries)
+    return None if varying else common
 
 
 def table_caption(summaries: Sequence[dict[str, Any]]) -> str:
-    """``Setting of every row: units adapter; stream steps 10, ...; precision fp32`` ('' when rows differ)."""
-    shared = shared_setting(summaries)
-    return f"Setting of every row: {_setting_text(shared)}." if shared else ""
+    """``Setting of every row: units adapter; stream steps 10, ...; precision fp32`` — the parts every row
+    shares ('' when none); the parts rows differ in are the Setting column."""
+    common, _ = _settings(summaries)
+    return f"Setting of every row: {_setting_text(common)}." if common else ""
 
 
 def table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the suite table (also used by the W&B Report outline): a Setting column
-    (unit kind, stream split / order / shots, precision) when rows differ in it, else the caption
-    (:func:`table_caption`) holds it; a run re-run with ``--rerun-changed`` carries ``†``."""
+    """Header and cells of the suite table (also used by the W&B Report outline): a Setting column with
+    the parts (unit kind, stream split / order / shots, precision) rows differ in; the caption
+    (:func:`table_caption`) holds the shared ones; a run re-run with ``--rerun-changed`` carries ``†``."""
     metrics = _present_metrics(summaries)
-    per_row = shared_setting(summaries) is None
+    varying = _settings(summaries)[1]
+    per_row = bool(varying)
     header = ["Run", "Method", "Stream", *(["Setting"] if per_row else []), "Model", "Seeds",
               *[title for _, title in metrics]]
     rows = []
     for s in summaries:
         stream = f"{s['stream']} (subset)" if s["subset_data"] else s["stream"]
         name = f"{s['name']} {RERUN_MARK}" if s.get("rerun_changed") else s["name"]
-        setting = [_setting_text(s.get("setting") or {})] if per_row else []
+        own = s.get("setting") or {}
+        setting = [_setting_text({k: own[k] for k in varying if k in own})] if per_row else []
         cells = [name, str(s["method"]), stream, *setting, _model_cell(s), _seeds_cell(s)]
         if not s["n_seeds"]:
             cells += ["failed"] * len(metrics)

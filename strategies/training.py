@@ -136,7 +136,9 @@ class ActiveClassCrossEntropy(torch.nn.Module):
         masked = sorted({int(t) for t in targets[~active[targets]].tolist()})
         if masked:
             raise ValueError(f"cross-entropy: targets {masked[:5]} are masked (inactive) classes; the label "
-                             f"space must contain every training target (e.g. train.label_space: seen)")
+                             f"space must contain every training target: with replayed or distilled old classes "
+                             f"(e.g. Avalanche's ReplayPlugin) train over every class seen so far — in Python "
+                             f'LabelSpacePlugin(train_label_space="seen"), in a suite YAML train.label_space: seen')
 
 
 def make_criterion(cfg: TrainConfig) -> ActiveClassCrossEntropy:
