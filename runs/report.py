@@ -354,7 +354,7 @@ def _resolved_precision(record: Mapping[str, Any]) -> str | None:
     machine = (record.get("cost") or {}).get("machine") if isinstance(record.get("cost"), Mapping) else None
     if isinstance(machine, Mapping) and machine.get("precision"):
         return str(machine["precision"])
-    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    config = _config_of(record)
     declared = refs.config_value(config, "train.precision")
     if declared is refs.MISSING:
         return None
@@ -367,12 +367,19 @@ def _resolved_precision(record: Mapping[str, Any]) -> str | None:
     return ("bf16" if device.startswith("cuda") else "fp32") if device else None
 
 
+def _config_of(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The record's resolved config, or an empty mapping when it has none (or a damaged one)."""
+    config = record.get("config")
+    return config if isinstance(config, Mapping) else {}
+
+
 def setting_of(record: Mapping[str, Any]) -> dict[str, str]:
     """What a row's numbers were measured under besides method and model: the unit kind, the stream's
     split / order / shots (its options but the prompt templates) and the precision."""
-    config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+    config = _config_of(record)
     units = refs.config_value(config, "model.units.kind")
-    stream = config.get("stream") if isinstance(config.get("stream"), Mapping) else {}
+    stream = config.get("stream")
+    stream = stream if isinstance(stream, Mapping) else {}
     options = ", ".join(f"{k} {_option_text(v)}" for k, v in stream.items()
                         if k not in _STREAM_NOT_SETTING and v is not None)
     precision = _resolved_precision(record)

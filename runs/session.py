@@ -113,6 +113,7 @@ class RunSession:
         self._configure_model()
         self.benchmark = build_benchmark(run, pre_train, pre_eval, image_size(self.model))
         self.model.set_class_prompts(self.benchmark.class_prompts)
+        assert run.method is not None and run.stream is not None  # parse_run sets both (else a config error)
         spec = METHODS[run.method.name]
         label_space = spec.label_space if run.train.label_space == "auto" else run.train.label_space
         meta = getattr(self, "meta", None) or {}
@@ -249,9 +250,9 @@ class RunSession:
             self._close(exit_code=1, status="interrupted")
             raise
         except Exception as error:
-            if full_disk(error) is not None:  # not the run's fault: no failed.json, the last checkpoint resumes
+            if (disk_error := full_disk(error)) is not None:  # not the run's fault: the last checkpoint resumes
                 self._stop_on_full_disk()
-                raise RunFailed(f"{self.run_id}: stopped: {_one_line(full_disk(error))}; not marked failed: the "
+                raise RunFailed(f"{self.run_id}: stopped: {_one_line(disk_error)}; not marked failed: the "
                                 f"last checkpoint is kept and the same command resumes once space is freed") from None
             reason = _one_line(error)
             self._mark_failed(reason, error)

@@ -305,8 +305,8 @@ def compare(run: str, key: str, records: Sequence[Mapping[str, Any]],
     if any(((r.get("provenance") or {}).get("data") or {}).get("status") == "subset" for r in finished):
         return Comparison(run, key, ref, "subset data (provenance data.status: subset): the run read part of the "
                                          "official data")
-    configs = [r.get("config") for r in finished]
-    if any(not isinstance(c, Mapping) for c in configs):
+    configs = [c for r in finished if isinstance(c := r.get("config"), Mapping)]
+    if len(configs) < len(finished):
         return Comparison(run, key, ref, "the run folder has no resolved config (config.yaml) to check comparability")
     reasons = mismatches(configs[0], finished[0].get("protocol"), ref)
     if reasons:
