@@ -105,7 +105,9 @@ def test_two_concurrent_invocations_never_run_the_same_run(tmp_path):
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=900)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    for proc, output in zip(procs, outputs, strict=True):
+        # exit 1 only for a run the other invocation was running (docs/validation.md#exit-codes), named
+        assert proc.returncode == 0 or (proc.returncode == 1 and "another worker holds its lock" in output), output
     for run in ONLY:
         sessions = json.loads((tmp_path / "smoke" / f"{run}-seed0" / "provenance.json").read_text())["sessions"]
         assert len(sessions) == 1, (run, outputs)  # executed once, by one of the two
