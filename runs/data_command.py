@@ -69,6 +69,20 @@ def targets(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
     return list(found.values())
 
 
+def method_data(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """``(run name, problems)`` for every run of a suite whose method reads data of its own (e.g. ZSCL's
+    reference images and captions): the method config's ``machine_problems(run)``, the check ``run`` makes
+    before any work (``runs.machine``). Empty for a stream name."""
+    if not args.stream.endswith((".yaml", ".yml")):
+        return []
+    found = []
+    for run in load_suite(args.stream).runs:
+        problems = getattr(run.method.cfg if run.method else None, "machine_problems", None)
+        if callable(problems):
+            found.append((run.name, list(problems(run))))
+    return found
+
+
 def _title(stream: str, cfg: Any) -> str:
     names = [n.removeprefix("mtil/") for n in stream_datasets(stream, cfg)]
     return f"== stream {stream}: {', '.join(names)}"
@@ -88,6 +102,10 @@ def check(args: argparse.Namespace) -> int:
             print(_title(stream, cfg))
         print(format_report(lines, root))
         ok = ok and all(line.status in ("present", "incomplete") for line in lines)
+    for run_name, problems in method_data(args):
+        print(f"== run {run_name}: the method's own data (method.reference)")
+        print("\n".join(f"  missing  {problem}" for problem in problems) if problems else "  present")
+        ok = ok and not problems
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -405,3 +405,15 @@ def test_zscl_tiny_suite_runs_end_to_end(tmp_path, monkeypatch):
     records = {r["name"]: r for r in run_suite(suite, only=["zscl", "lwf-vr"]).records}
     for name in ("zscl", "lwf-vr"):
         assert len(records[name]["matrix"]) == 2, name
+
+
+def test_data_check_of_a_suite_covers_the_reference_data(tmp_path, reference, capsys):
+    good = _suite(tmp_path, {"name": "zscl", "reference": {"images": reference.images,
+                                                         "captions": reference.captions}})
+    assert main(["data", "check", str(good)]) == 0
+    assert "== run zscl: the method's own data (method.reference)\n  present" in capsys.readouterr().out
+    bad = _suite(tmp_path, {"name": "zscl", "reference": {"images": str(tmp_path / "absent"),
+                                                        "captions": reference.captions}})
+    assert main(["data", "check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "missing  method.reference.images" in out and str(tmp_path / "absent") in out
