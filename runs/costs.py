@@ -28,6 +28,7 @@ no tensor, so a run's numbers are the same with it.
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import platform
 import random
@@ -95,6 +96,9 @@ class _RSSSampler:
     """A daemon thread keeping the largest resident memory seen since the last :meth:`take`."""
 
     def __init__(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        # garbage of earlier runs in this process (a serial suite) is collected first: freed later, it would
+        # lower the resident memory below a baseline that counted it, hiding this run's own peak
+        gc.collect()
         self.baseline = resident_bytes()
         self._max = self.baseline or 0
         self._lock = threading.Lock()

@@ -108,6 +108,7 @@ class RunSession:
         set_seed(self.seed)
         run = self.run
         self.device = resolve_device(run.train.device)
+        self._started = getattr(self, "_started", time.time())  # execute() sets it first; a bare build() here
         self.cost = CostPlugin(self.device)  # before the model: the CPU peak is taken above this level
         self.model, pre_train, pre_eval = build_clip(run.model, self.device)
         self._configure_model()
@@ -146,10 +147,11 @@ class RunSession:
             benchmark=self.benchmark, seed=self.seed, task_aware=run.eval.task_aware,
             data_root=run.data_root, download=run.download,  # data a method reads besides the stream
         )
+        # after the method's plugins: it sees their hooks done; their checkpoint keys stay
+        self.strategy.plugins.append(self.cost)
         if self.precision == "fp16" and spec.trains:
             # last: it scales the complete loss, after the method plugin the constructor appended
             self.strategy.plugins.append(GradScalerPlugin(self.device))
-        self.strategy.plugins.append(self.cost)  # last: it sees the others' hooks done; their checkpoint keys stay
         checkpoint.check_checkpointable(self.strategy.plugins)
         self.ctx = checkpoint.Context(self.strategy, self.benchmark.scenario.train_stream)
         self.trains = spec.trains
