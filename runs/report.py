@@ -213,11 +213,8 @@ def is_subset_data(record: Mapping[str, Any]) -> bool:
 
 
 def is_random_weights(record: Mapping[str, Any]) -> bool:
-    config = record.get("config")
-    pretrained = record.get("pretrained")
-    if pretrained is None and isinstance(config, Mapping):
-        pretrained = refs.config_value(config, "model.pretrained")
-    return pretrained is not refs.MISSING and str(pretrained) == "none"
+    """CLIP's weights or another pretrained part's (e.g. DDAS's AlexNet) are random (``pretrained: none``)."""
+    return refs.random_weights(record)
 
 
 # ---------------------------------------------------------------------- grouping

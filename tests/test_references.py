@@ -104,3 +104,16 @@ def test_conflicts_must_name_known_rows(tmp_path: Path) -> None:
         "    conflicts_with: [y/z/w]\n    rows: {r: {avg: 5}}\n")
     with pytest.raises(ReferenceTableError, match="conflicts_with names unknown reference y/z/w"):
         load_references(tmp_path)
+
+
+def test_a_random_ddas_alexnet_marks_the_run_like_random_clip_weights():
+    from runs.references import random_weights
+    from runs.report import is_random_weights
+
+    real = {"config": {"model": {"pretrained": "openai"}, "method": {"name": "moe-adapters",
+                                                                    "ddas": {"pretrained": "imagenet"}}}}
+    random_alexnet = {"config": {"model": {"pretrained": "openai"}, "method": {"name": "moe-adapters",
+                                                                              "ddas": {"pretrained": "none"}}}}
+    assert not random_weights(real) and not is_random_weights(real)
+    assert random_weights(random_alexnet) and is_random_weights(random_alexnet)
+    assert is_random_weights({"config": {"model": {"pretrained": "none"}}})

@@ -300,7 +300,7 @@ def compare(run: str, key: str, records: Sequence[Mapping[str, Any]],
     finished = [r for r in records if r.get("status", "finished") == "finished"]
     if not finished:
         return Comparison(run, key, ref, "no finished seed (failed runs are never compared)")
-    if any(str(r.get("pretrained")) == "none" or _pretrained(r) == "none" for r in finished):
+    if any(random_weights(r) for r in finished):
         return Comparison(run, key, ref, "random weights (pretrained: none) are never compared with published numbers")
     if any(((r.get("provenance") or {}).get("data") or {}).get("status") == "subset" for r in finished):
         return Comparison(run, key, ref, "subset data (provenance data.status: subset): the run read part of the "
@@ -322,9 +322,17 @@ def compare(run: str, key: str, records: Sequence[Mapping[str, Any]],
     return Comparison(run, key, ref, "", tuple(rows))
 
 
-def _pretrained(record: Mapping[str, Any]) -> Any:
-    config = record.get("config")
-    return config_value(config, "model.pretrained") if isinstance(config, Mapping) else None
+def _has_random_part(value: Any) -> bool:
+    """A ``pretrained: none`` anywhere in a config: CLIP's weights or another pretrained part's (e.g.
+    MoE-Adapters' DDAS AlexNet, ``method.ddas.pretrained``)."""
+    if isinstance(value, Mapping):
+        return any((k == "pretrained" and str(v) == "none") or _has_random_part(v) for k, v in value.items())
+    return False
+
+
+def random_weights(record: Mapping[str, Any]) -> bool:
+    """The run used random weights for CLIP or any other pretrained part: never a paper number."""
+    return str(record.get("pretrained")) == "none" or _has_random_part(record.get("config"))
 
 
 def format_references(references: Mapping[str, Reference] | None = None) -> str:
