@@ -101,6 +101,7 @@ class _RSSSampler:
         gc.collect()
         self.baseline = resident_bytes()
         self._max = self.baseline or 0
+        self._floor = self.baseline or 0  # the lowest resident memory seen since the start
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,15 +115,19 @@ class _RSSSampler:
         if rss is not None:
             with self._lock:
                 self._max = max(self._max, rss)
+                self._floor = min(self._floor, rss)
 
     def take(self) -> int | None:
-        """Peak above the baseline since the last call (bytes, >= 0); starts a new segment."""
+        """Peak since the last call above the run's floor (bytes, >= 0); starts a new segment. The floor is
+        the lowest resident memory seen since the start: memory the process frees that was resident before
+        the run (another run's, in a serial suite) would otherwise hide this run's own peak."""
         if self.baseline is None:
             return None
         rss = resident_bytes() or 0
         with self._lock:
             peak, self._max = max(self._max, rss), rss
-        return max(0, peak - self.baseline)
+            self._floor = min(self._floor, rss)
+            return max(0, peak - self._floor)
 
     def stop(self) -> None:
         self._stop.set()
