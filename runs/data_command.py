@@ -88,11 +88,18 @@ def _title(stream: str, cfg: Any) -> str:
     return f"== stream {stream}: {', '.join(names)}"
 
 
-def check(args: argparse.Namespace) -> int:
+def _targets_or_report(args: argparse.Namespace) -> list[tuple[str, Any, str]] | None:
+    """:func:`targets`, or ``None`` after printing the bad input on one line."""
     try:
-        found = targets(args)
+        return targets(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def check(args: argparse.Namespace) -> int:
+    found = _targets_or_report(args)
+    if found is None:
         return EXIT_BAD_INPUT
     ok = True
     for stream, cfg, root in found:
@@ -110,10 +117,8 @@ def check(args: argparse.Namespace) -> int:
 
 
 def download(args: argparse.Namespace) -> int:
-    try:
-        found = targets(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    found = _targets_or_report(args)
+    if found is None:
         return EXIT_BAD_INPUT
     ok = True
     for stream, cfg, root in found:
