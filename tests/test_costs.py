@@ -189,6 +189,32 @@ def _toy_suite(tmp_path, monkeypatch, output="outputs"):
     return suite
 
 
+def _free_heap_left_by_earlier_work() -> torch.Tensor:
+    """Leave ~2 × ALLOCATION of freed but resident memory inside the C heap, as a long process (a serial suite,
+    a long pytest run) does: 1 MiB blocks sit below the mmap threshold once one was freed, and a live block
+    above them keeps the heap from shrinking. Returns that block (hold it while the run runs)."""
+    del_first = torch.ones(2**18)
+    del del_first
+    blocks = [torch.ones(2**18) for _ in range(2 * ALLOCATION // 2**20)]
+    pin = torch.ones(16)
+    del blocks
+    return pin
+
+
+def test_the_cpu_peak_shows_an_allocation_that_reuses_memory_freed_earlier_in_the_process():
+    from runs.costs import _RSSSampler
+
+    pin = _free_heap_left_by_earlier_work()  # reused as it is, the allocation would not raise resident memory
+    sampler = _RSSSampler(interval_s=60.0)  # no background samples: take() alone reads the peak
+    try:
+        block = torch.ones(ALLOCATION // 4)
+        assert sampler.take() >= ALLOCATION
+        del block
+    finally:
+        sampler.stop()
+        del pin
+
+
 class _Interrupt(KeyboardInterrupt):
     pass
 
