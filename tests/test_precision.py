@@ -251,7 +251,8 @@ output_dir: outputs
 defaults:
   model: {{arch: clip-tiny, pretrained: none, units: {{kind: moe, bottleneck: 8, dropout: 0.0}}{model}}}
   stream: {{name: synthetic, n_classes: 4, n_experiences: 2, train_per_class: 8, test_per_class: 4}}
-  train: {{epochs: 1, batch_size: 8, lr: 0.01, warmup: 1, device: cpu, {train}}}
+  train: {{epochs: 1, iterations: 2, batch_size: 8, lr: 0.01, warmup: 1, device: cpu, {train}}}  # iterations: the
+  # ZSCL recipe counts 1000 per task; 2 is one pass over the 16 training images of an experience
   eval: {{zero_shot_row: false}}
   data_root: .
 runs:
