@@ -81,6 +81,7 @@ def test_train_compile_reaches_the_model_and_a_compiled_run_trains(tmp_path, mon
     assert all(0 <= v <= 1 for row in record["matrix"] for v in row)
 
 
+@pytest.mark.slow  # a second compilation; a compiled run's training is checked above in the default set
 def test_bench_compile_rows_report_the_first_step(monkeypatch):
     from runs.bench import format_mozo_table, measure
 

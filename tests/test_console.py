@@ -6,25 +6,12 @@ import logging
 from pathlib import Path
 
 from runs.__main__ import main
-from runs.config import load_suite
 from runs.console import ProgressPlugin
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_smoke_suite_console_is_short_and_log_txt_holds_the_dump(tmp_path, capsys):
-    code = main(["run", str(ROOT / "runs" / "suites" / "smoke.yaml"), "--output-dir", str(tmp_path),
-                 "--set", "train.epochs=1"])
-    out, err = capsys.readouterr()
-    lines = (out + err).splitlines()
-    assert code == 0
-    assert len(lines) <= 150, len(lines)
-    assert "Top1_Acc_Stream" not in out + err  # Avalanche's metric dump is not on the console
-    assert "DeprecationWarning" not in out + err  # third-party warnings stay in the log
-    n_runs = len(load_suite(ROOT / "runs" / "suites" / "smoke.yaml").runs)
-    assert sum("exp 5/5  acc_seen" in line for line in lines) == n_runs  # one line per run's last experience
-    log = (tmp_path / "smoke" / "naive-seed0" / "log.txt").read_text()
-    assert "Top1_Acc_Stream/eval_phase/test_stream" in log and "exp 5/5" in log
+# the smoke suite's own console (short, the dump in log.txt): tests/test_smoke_suite.py::test_smoke_suite_end_to_end
 
 
 def test_verbose_restores_the_dump_on_the_console(tmp_path, capsys):

@@ -114,6 +114,7 @@ def test_two_concurrent_invocations_never_run_the_same_run(tmp_path):
         assert (tmp_path / "smoke" / f"{run}-seed0" / "metrics.json").exists()
 
 
+@pytest.mark.slow  # a Ray cluster per test: ~35 s of CI's budget; the driver's kill-and-resume path is the local test's
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("ray"), reason="the ray extra is not installed")
 def test_ray_identical_and_a_killed_task_is_retried_and_resumes(serial, tmp_path):
     output, seen, killed = _follow(["run", SMOKE, *SUBSET, "--executor", "ray", "--retries", "1"], tmp_path,
@@ -124,6 +125,7 @@ def test_ray_identical_and_a_killed_task_is_retried_and_resumes(serial, tmp_path
     _assert_identical(serial, tmp_path)
 
 
+@pytest.mark.slow  # submitit's local cluster: ~40 s of CI's budget; the sbatch script is checked by a fake sbatch below
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("submitit"), reason="the slurm extra is not installed")
 def test_submitit_local_identical_and_a_preempted_task_requeues_and_resumes(serial, tmp_path):
     env = ENV | {"RUNS_SLURM_CLUSTER": "local"}

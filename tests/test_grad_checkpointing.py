@@ -99,6 +99,7 @@ def test_train_grad_checkpointing_reaches_the_model(tmp_path):
         session._close(exit_code=0, status="test")
 
 
+@pytest.mark.slow  # three fresh processes; the in-process switch is test_bench_measure_switches_checkpointing_on
 def test_bench_mozo_grad_checkpointing_rows_from_fresh_processes():
     table = bench_mozo(arch="clip-tiny", steps=1, warmup=1, device="cpu", configs=("inference", "full FO"),
                        grad_checkpointing=True)

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from runs.__main__ import main
 from runs.config import load_suite
+from runs.report import load_run_records
 from runs.runner import RunSession, run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,11 +23,21 @@ def _smoke(tmp_path, overrides=()):
     return suite
 
 
-def test_smoke_suite_end_to_end(tmp_path):
-    suite = _smoke(tmp_path)
-    records = run_suite(suite).records
-    assert sorted(r["name"] for r in records) == ["condu", "ewc", "lwf", "mozo", "naive", "replay", "zeroshot"]
+def test_smoke_suite_end_to_end(tmp_path, capsys):
+    """The smoke suite through the CLI, as the README runs it: a short console, its outputs, learned numbers."""
+    code = main(["run", str(ROOT / "runs" / "suites" / "smoke.yaml"), "--output-dir", str(tmp_path / "outputs")])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
     suite_dir = tmp_path / "outputs" / "smoke"
+    records = load_run_records(suite_dir)
+    assert sorted(r["name"] for r in records) == ["condu", "ewc", "lwf", "mozo", "naive", "replay", "zeroshot"]
+    # the console is short: one line per experience, Avalanche's metric dump and warnings go to log.txt
+    lines = (out + err).splitlines()
+    assert len(lines) <= 150, len(lines)
+    assert "Top1_Acc_Stream" not in out + err and "DeprecationWarning" not in out + err
+    assert sum("exp 5/5  acc_seen" in line for line in lines) == len(records)
+    log = (suite_dir / "naive-seed0" / "log.txt").read_text()
+    assert "Top1_Acc_Stream/eval_phase/test_stream" in log and "exp 5/5" in log
     for name in ("results.md", "results.csv", "runs.csv", "accuracy_per_step.png"):
         assert (suite_dir / name).stat().st_size > 0, name
     table = (suite_dir / "results.md").read_text()
@@ -48,6 +60,7 @@ def test_smoke_suite_end_to_end(tmp_path):
     naive = np.asarray(by_name["naive"]["matrix"])
     assert np.mean(np.diag(naive)) > np.mean(np.diag(np.asarray(zs["matrix"]))) + 0.2
     # a second invocation skips finished runs and returns the same table
+    suite = _smoke(tmp_path)
     again = run_suite(suite).records
     assert [r["metrics"] for r in sorted(again, key=lambda r: r["name"])] == [
         r["metrics"] for r in sorted(records, key=lambda r: r["name"])
