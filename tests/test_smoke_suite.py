@@ -24,7 +24,7 @@ def _smoke(tmp_path, overrides=()):
 
 
 def test_smoke_suite_end_to_end(tmp_path, capsys):
-    """The smoke suite through the CLI, as the README runs it: a short console, its outputs, learned numbers."""
+    """The smoke suite through the CLI as a user runs it (docs/quickstart.md): short console, outputs, numbers."""
     code = main(["run", str(ROOT / "runs" / "suites" / "smoke.yaml"), "--output-dir", str(tmp_path / "outputs")])
     out, err = capsys.readouterr()
     assert code == 0, out + err
