@@ -84,3 +84,30 @@ def write_fake_imagenet_r(root: Path, wnids: list[str], test_list: list[str]) ->
 
 def count_files(folder: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
+
+
+class MemorySource:
+    """A stand-in for a torchvision dataset: (PIL image, label) pairs made on access."""
+
+    def __init__(self, labels: list[int]) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return Image.new("L", (8, 8), color=self.labels[i]), self.labels[i]
+
+
+def fake_mtil_loader(n_classes: int):
+    """An MTIL source loader (benchmarks.mtil.LOADERS) of 3 training and 1 test image per class."""
+    from benchmarks.mtil import SourceSplit
+
+    def load(root: str, download: bool, seed: int) -> SourceSplit:
+        train_t = [c for c in range(n_classes) for _ in range(3)]
+        test_t = list(range(n_classes))
+        return SourceSplit(MemorySource(train_t), list(range(len(train_t))), train_t, MemorySource(test_t),
+                           list(range(len(test_t))), test_t, [f"c{c}" for c in range(n_classes)])
+    return load

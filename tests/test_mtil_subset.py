@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from fixtures_streams import SHARED_DATA, write_fake_dtd, write_fake_mnist
+from fixtures_streams import SHARED_DATA, fake_mtil_loader, write_fake_dtd, write_fake_mnist
 
 import benchmarks  # noqa: F401  (installs the torchvision shim first)
 from benchmarks import StreamContext
 from benchmarks import data_check as dc
 from benchmarks import mtil as mtil_mod
-from benchmarks.mtil import ORDER_II, MTILConfig, SourceSplit, build_mtil, check_mtil
+from benchmarks.mtil import ORDER_II, MTILConfig, build_mtil, check_mtil
 from runs.__main__ import main
 from runs.config import ConfigError, load_suite
 from runs.report import format_table
@@ -31,28 +31,6 @@ needs_shared = pytest.mark.skipif(not (SHARED_DATA / "eurosat").is_dir() or not 
                                   reason=f"real image subsets not found at {SHARED_DATA}")
 
 
-class _Mem:
-    def __init__(self, labels: list[int]) -> None:
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return Image.new("L", (8, 8), color=self.labels[i]), self.labels[i]
-
-
-def _fake_loader(n_classes: int):
-    def load(root: str, download: bool, seed: int) -> SourceSplit:
-        train_t = [c for c in range(n_classes) for _ in range(3)]
-        test_t = list(range(n_classes))
-        return SourceSplit(_Mem(train_t), list(range(len(train_t))), train_t, _Mem(test_t),
-                           list(range(len(test_t))), test_t, [f"c{c}" for c in range(n_classes)])
-    return load
-
-
 def _ctx() -> StreamContext:
     from torchvision import transforms as T
 
@@ -63,7 +41,7 @@ def _ctx() -> StreamContext:
 # ---------------------------------------------------------------- selection
 def test_selection_keeps_the_orders_sequence(monkeypatch):
     for name in mtil_mod.LOADERS:
-        monkeypatch.setitem(mtil_mod.LOADERS, name, _fake_loader(2))
+        monkeypatch.setitem(mtil_mod.LOADERS, name, fake_mtil_loader(2))
     cfg = MTILConfig(order="II", datasets=["EuroSAT", "Caltech101", "StanfordCars"])
     assert check_mtil(cfg) == ["StanfordCars", "Caltech101", "EuroSAT"]  # order II's sequence, not the list's
     bench = build_mtil(cfg, _ctx())
@@ -88,7 +66,7 @@ def _recipe_peak_lrs(plugin: RecipePlugin, n: int) -> list[float]:
 
 def test_selection_uses_its_part_of_the_lr_table(monkeypatch):
     for name in mtil_mod.LOADERS:
-        monkeypatch.setitem(mtil_mod.LOADERS, name, _fake_loader(2))
+        monkeypatch.setitem(mtil_mod.LOADERS, name, fake_mtil_loader(2))
     bench = build_mtil(MTILConfig(datasets=["EuroSAT", "Caltech101"]), _ctx())
     cfg = TrainConfig(lr=1e-3, lr_by_experience=dict(LORA_TABLE))
     plugin = RecipePlugin(cfg, bench.experience_names, bench.omitted_experiences)

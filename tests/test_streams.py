@@ -13,6 +13,7 @@ import pytest
 import torch
 from fixtures_streams import (
     SHARED_DATA,
+    fake_mtil_loader,
     write_fake_cifar100,
     write_fake_dtd,
     write_fake_imagenet_r,
@@ -26,7 +27,7 @@ from benchmarks.cifar100 import CIFAR100_ORDER_1993, SplitCIFAR100Config, build_
 from benchmarks.common import resolve_class_order, step_sizes
 from benchmarks.data_check import check_stream
 from benchmarks.imagenet_r import SPLIT_FILES, SplitImageNetRConfig, build_split_imagenet_r, read_classes
-from benchmarks.mtil import ORDER_I, ORDER_II, MTILConfig, SourceSplit, build_mtil, select_shots
+from benchmarks.mtil import ORDER_I, ORDER_II, MTILConfig, build_mtil, select_shots
 from benchmarks.templates import CLASS_INCREMENTAL_RICH
 from benchmarks.templates import MTIL as MTIL_TEMPLATES
 from benchmarks.tinyimagenet import (
@@ -294,35 +295,11 @@ def test_mtil_fake_official_formats(tmp_path):
     assert x.shape == (3, 32, 32) and 0 <= y < 10 and t == 0
 
 
-class _Mem:
-    """A stand-in for a torchvision dataset: (PIL image, label) pairs made on access."""
-
-    def __init__(self, labels: list[int]) -> None:
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return Image.new("L", (8, 8), color=self.labels[i]), self.labels[i]
-
-
-def _fake_loader(n_classes: int):
-    def load(root: str, download: bool, seed: int) -> SourceSplit:
-        train_t = [c for c in range(n_classes) for _ in range(3)]
-        test_t = list(range(n_classes))
-        return SourceSplit(_Mem(train_t), list(range(len(train_t))), train_t, _Mem(test_t),
-                           list(range(len(test_t))), test_t, [f"c{c}" for c in range(n_classes)])
-    return load
-
-
 @pytest.mark.parametrize("order", ["I", "II"])
 def test_mtil_assembly_offsets_tasks_names(monkeypatch, order):
     sizes = {name: 2 + i for i, name in enumerate(ORDER_I)}
     for name, n in sizes.items():
-        monkeypatch.setitem(mtil_mod.LOADERS, name, _fake_loader(n))
+        monkeypatch.setitem(mtil_mod.LOADERS, name, fake_mtil_loader(n))
     names = ORDER_I if order == "I" else ORDER_II
     bench = build_mtil(MTILConfig(order=order, eval_templates="first"), _ctx("/nonexistent"))
     assert bench.experience_names == names and bench.protocol == "task"
@@ -340,7 +317,7 @@ def test_mtil_assembly_offsets_tasks_names(monkeypatch, order):
 
 
 def test_mtil_few_shot(monkeypatch):
-    monkeypatch.setitem(mtil_mod.LOADERS, "MNIST", _fake_loader(4))
+    monkeypatch.setitem(mtil_mod.LOADERS, "MNIST", fake_mtil_loader(4))
     bench = build_mtil(MTILConfig(order=["MNIST"], shots=2), _ctx("/nonexistent"))
     assert _exp_sizes(bench.scenario.train_stream) == [8]
     assert select_shots([0, 1, 0, 1, 0], 2, None) == [0, 1, 2, 3]
