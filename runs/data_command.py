@@ -17,7 +17,7 @@ from typing import Any
 from benchmarks.data_check import check_stream, format_report, stream_datasets, thorough
 from benchmarks.download import download_stream, format_downloads, usable
 
-from .config import load_suite
+from .config import SuiteConfig, load_suite
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_ROOT = "data"
@@ -53,13 +53,17 @@ def _stream_target(args: argparse.Namespace) -> tuple[str, Any, str]:
     return args.stream, cfg, args.data_root or DEFAULT_ROOT
 
 
-def targets(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
+def _suite_of(args: argparse.Namespace) -> SuiteConfig | None:
+    """The suite the argument names (a ``.yaml`` / ``.yml`` file), loaded once; None for a stream name."""
+    return load_suite(args.stream) if args.stream.endswith((".yaml", ".yml")) else None
+
+
+def targets(args: argparse.Namespace, suite: SuiteConfig | None) -> list[tuple[str, Any, str]]:
     """Distinct (stream, options, data root) to check: one for a stream name, one per distinct run of a suite."""
-    if not args.stream.endswith((".yaml", ".yml")):
+    if suite is None:
         return [_stream_target(args)]
     if args.order is not None or args.datasets is not None:
         raise ValueError("--order / --datasets apply to a stream name; a suite's runs give their own")
-    suite = load_suite(args.stream)
     found: dict[tuple[tuple[str, ...], str], tuple[str, Any, str]] = {}
     for run in suite.runs:
         assert run.stream is not None
@@ -69,14 +73,14 @@ def targets(args: argparse.Namespace) -> list[tuple[str, Any, str]]:
     return list(found.values())
 
 
-def method_data(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+def method_data(suite: SuiteConfig | None) -> list[tuple[str, list[str]]]:
     """``(run name, problems)`` for every run of a suite whose method reads data of its own (e.g. ZSCL's
     reference images and captions): the method config's ``machine_problems(run)``, the check ``run`` makes
-    before any work (``runs.machine``). Empty for a stream name."""
-    if not args.stream.endswith((".yaml", ".yml")):
+    before any work (``runs.machine``). Empty for a stream name (``suite`` None)."""
+    if suite is None:
         return []
     found = []
-    for run in load_suite(args.stream).runs:
+    for run in suite.runs:
         problems = getattr(run.method.cfg if run.method else None, "machine_problems", None)
         if callable(problems):
             found.append((run.name, list(problems(run))))
@@ -88,19 +92,22 @@ def _title(stream: str, cfg: Any) -> str:
     return f"== stream {stream}: {', '.join(names)}"
 
 
-def _targets_or_report(args: argparse.Namespace) -> list[tuple[str, Any, str]] | None:
-    """:func:`targets`, or ``None`` after printing the bad input on one line."""
+def _targets_or_report(args: argparse.Namespace) -> tuple[SuiteConfig | None, list[tuple[str, Any, str]]] | None:
+    """The suite (None for a stream name) and its :func:`targets`, or ``None`` after printing the bad input
+    on one line."""
     try:
-        return targets(args)
+        suite = _suite_of(args)
+        return suite, targets(args, suite)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return None
 
 
 def check(args: argparse.Namespace) -> int:
-    found = _targets_or_report(args)
-    if found is None:
+    loaded = _targets_or_report(args)
+    if loaded is None:
         return EXIT_BAD_INPUT
+    suite, found = loaded
     ok = True
     for stream, cfg, root in found:
         with thorough():  # every image's end read, a sample decoded, each bad file named
@@ -109,7 +116,7 @@ def check(args: argparse.Namespace) -> int:
             print(_title(stream, cfg))
         print(format_report(lines, root))
         ok = ok and all(line.status in ("present", "incomplete") for line in lines)
-    for run_name, problems in method_data(args):
+    for run_name, problems in method_data(suite):
         print(f"== run {run_name}: the method's own data (method.reference)")
         print("\n".join(f"  missing  {problem}" for problem in problems) if problems else "  present")
         ok = ok and not problems
@@ -117,9 +124,10 @@ def check(args: argparse.Namespace) -> int:
 
 
 def download(args: argparse.Namespace) -> int:
-    found = _targets_or_report(args)
-    if found is None:
+    loaded = _targets_or_report(args)
+    if loaded is None:
         return EXIT_BAD_INPUT
+    found = loaded[1]
     ok = True
     for stream, cfg, root in found:
         print(_title(stream, cfg))
