@@ -150,7 +150,8 @@ def test_tiny_mozo_paper_suite_runs_every_configuration(tmp_path):
     suite = _tiny_suite(tmp_path, ["train.epochs=1", "model.arch=clip-tiny-12l"])
     outcome = run_suite(suite)
     names = sorted(r["name"] for r in outcome.records)
-    assert outcome.failed == [] and names == sorted(r.name for r in suite.runs) and len(names) == 10
+    assert outcome.failed == [] and names == sorted(r.name for r in suite.runs)
+    assert len(names) == 11 and "moe-adapters" in names  # the paper's 10 configurations and MoE-Adapters' row
     for record in outcome.records:
         assert np.isfinite(record["metrics"]["avg"]), record["name"]
 
