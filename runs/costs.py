@@ -113,10 +113,8 @@ class _RSSSampler:
     """A daemon thread keeping the largest resident memory seen since the last :meth:`take`."""
 
     def __init__(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
-        # garbage of earlier runs in this process (a serial suite) is collected first: freed later, it would
-        # lower the resident memory below a baseline that counted it, hiding this run's own peak
-        # and the heap's free pages go back to the system: reused by this run, they would not raise its
-        # resident memory (release_free_heap)
+        # first, garbage of earlier runs in this process (a serial suite) is collected, and the heap's free
+        # pages go back to the system: reused by this run, either would hide its own peak (release_free_heap)
         gc.collect()
         release_free_heap()
         self.baseline = resident_bytes()

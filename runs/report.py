@@ -212,11 +212,6 @@ def is_subset_data(record: Mapping[str, Any]) -> bool:
     return isinstance(data, Mapping) and data.get("status") == "subset"
 
 
-def is_random_weights(record: Mapping[str, Any]) -> bool:
-    """CLIP's weights or another pretrained part's (e.g. DDAS's AlexNet) are random (``pretrained: none``)."""
-    return refs.random_weights(record)
-
-
 # ---------------------------------------------------------------------- grouping
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
     """Mean over the present values; sample std only when at least two are present."""
@@ -288,7 +283,7 @@ def _summary(name: str, stream: str, runs: list[dict[str, Any]]) -> dict[str, An
         "name": name, "method": first.get("method", name), "stream": stream,
         "protocol": first.get("protocol"), "pretrained": _model_field(first, "pretrained"),
         "arch": _model_field(first, "arch"),
-        "reference": reference_of(first), "random_weights": any(is_random_weights(r) for r in runs),
+        "reference": reference_of(first), "random_weights": any(refs.random_weights(r) for r in runs),
         "subset_data": any(is_subset_data(r) for r in done),
         "seeds": [run.get("seed") for run in done], "n_seeds": len(done),
         "failed_seeds": [run.get("seed") for run in runs if not is_finished(run)],
@@ -604,7 +599,7 @@ def matrix_figure(record: dict[str, Any], *, suite: str | None = None) -> Figure
         for (i, j), v in np.ndenumerate(values):
             text = "–" if math.isnan(v) else f"{v:.1f}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
-    if is_random_weights(record):
+    if refs.random_weights(record):
         _mark_random(figure)
     return figure
 

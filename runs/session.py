@@ -101,6 +101,7 @@ class RunSession:
         self.experience: int | None = None
         self.replaces: dict[str, Any] | None = None  # --rerun-changed: the superseded folder and the changes
         self.wandb: WandBLogger | None = None
+        self._started = time.time()  # execute() restarts it; a bare build() (benches, tests) keeps this one
 
     # ---- building ------------------------------------------------------------------------------
     def build(self) -> None:
@@ -108,7 +109,6 @@ class RunSession:
         set_seed(self.seed)
         run = self.run
         self.device = resolve_device(run.train.device)
-        self._started = getattr(self, "_started", time.time())  # execute() sets it first; a bare build() here
         self.cost = CostPlugin(self.device)  # before the model: the CPU peak is taken above this level
         self.model, pre_train, pre_eval = build_clip(run.model, self.device)
         self._configure_model()

@@ -193,8 +193,8 @@ def _free_heap_left_by_earlier_work() -> torch.Tensor:
     """Leave ~2 × ALLOCATION of freed but resident memory inside the C heap, as a long process (a serial suite,
     a long pytest run) does: 1 MiB blocks sit below the mmap threshold once one was freed, and a live block
     above them keeps the heap from shrinking. Returns that block (hold it while the run runs)."""
-    del_first = torch.ones(2**18)
-    del del_first
+    first = torch.ones(2**18)
+    del first  # once a 1 MiB block is freed, glibc serves 1 MiB blocks from the heap
     blocks = [torch.ones(2**18) for _ in range(2 * ALLOCATION // 2**20)]
     pin = torch.ones(16)
     del blocks

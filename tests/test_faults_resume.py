@@ -11,7 +11,6 @@ under ``-m slow``. A-GEM's restarted memory sampler is the documented exception 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -78,8 +77,7 @@ def _suite(tmp_path: Path, method: str) -> Path:
     data or weights this machine lacks."""
     spec = METHODS[method]
     iterations = ", iterations: 4" if "iterations" in spec.recipe else ""  # 2 epochs of 2 batches
-    defaults = {f.name: f.default for f in dataclasses.fields(spec.config)}
-    external = defaults.get("ref_images") == "reference" or defaults.get("ref_texts") == "captions"
+    external = getattr(spec.config(), "reads_reference_data", False)  # ZSCLConfig.reads_reference_data
     entry = OWN_DATA.format(name=method) if external else method
     path = tmp_path / "suite.yaml"
     errors = []

@@ -3,7 +3,6 @@ the frozen backbone), fp32 master weights, fp16 loss scaling, and bf16 end to en
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -261,8 +260,7 @@ runs:
 
 def _external_reference(name: str) -> bool:
     """Does the method read reference data from outside the stream by default (ZSCL, ZSCL-CIL)?"""
-    defaults = {f.name: f.default for f in dataclasses.fields(METHODS[name].config)}
-    return defaults.get("ref_images") == "reference" or defaults.get("ref_texts") == "captions"
+    return getattr(METHODS[name].config(), "reads_reference_data", False)
 
 
 def _load(tmp_path: Path, text: str, overrides=()):

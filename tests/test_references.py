@@ -108,12 +108,11 @@ def test_conflicts_must_name_known_rows(tmp_path: Path) -> None:
 
 def test_a_random_ddas_alexnet_marks_the_run_like_random_clip_weights():
     from runs.references import random_weights
-    from runs.report import is_random_weights
 
     real = {"config": {"model": {"pretrained": "openai"}, "method": {"name": "moe-adapters",
                                                                     "ddas": {"pretrained": "imagenet"}}}}
     random_alexnet = {"config": {"model": {"pretrained": "openai"}, "method": {"name": "moe-adapters",
                                                                               "ddas": {"pretrained": "none"}}}}
-    assert not random_weights(real) and not is_random_weights(real)
-    assert random_weights(random_alexnet) and is_random_weights(random_alexnet)
-    assert is_random_weights({"config": {"model": {"pretrained": "none"}}})
+    assert not random_weights(real)
+    assert random_weights(random_alexnet)
+    assert random_weights({"config": {"model": {"pretrained": "none"}}})

@@ -418,3 +418,14 @@ def test_data_check_of_a_suite_covers_the_reference_data(tmp_path, reference, ca
     assert main(["data", "check", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "missing  method.reference.images" in out and str(tmp_path / "absent") in out
+
+
+def test_only_a_distilling_preset_with_outside_data_reads_reference_data():
+    def reads(name, **options):
+        return dataclasses.replace(METHODS[name].config(), **options).reads_reference_data
+
+    assert reads("zscl") and reads("zscl-cil")  # reference images and captions, distilled on
+    assert not reads("continual-ft") and not reads("wise-ft")  # no distillation: nothing is read
+    assert not reads("zscl", ref_images="current", ref_texts="current")  # the stream's own data
+    assert reads("zscl", ref_images="current")  # captions still from reference.captions
+    assert not reads("zscl", image_weight=0.0, text_weight=0.0)  # a teacher without a weight distils nothing

@@ -63,6 +63,11 @@ class ZSCLConfig:
         """Whether any distillation term is on (a teacher and a positive weight)."""
         return self.teacher != "none" and (self.image_weight > 0 or self.text_weight > 0)
 
+    @property
+    def reads_reference_data(self) -> bool:
+        """Whether it distils on data from outside the stream (``reference.images`` / ``reference.captions``)."""
+        return self.distills and (self.ref_images == "reference" or self.ref_texts == "captions")
+
     def machine_problems(self, run: Any = None) -> list[str]:
         """What keeps the reference data from being read here (``runs.machine`` calls it before any work)."""
         from .reference import reference_problems

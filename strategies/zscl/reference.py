@@ -98,7 +98,7 @@ def captions_problem(path: str | None) -> str | None:
 
 def reference_problems(cfg: Any) -> list[str]:
     """The problems of the reference data a ZSCL config reads (``[]``: none, or none is read)."""
-    if not cfg.distills:
+    if not cfg.reads_reference_data:
         return []
     problems = []
     if cfg.ref_images == "reference":
